@@ -1,0 +1,177 @@
+"""Event dataclasses and the in-process event bus behind ``queue.events()``.
+
+Events are published in the process where they happen: the supervisor (job lifecycle) and
+the process calling the Queue's operations (enqueue, pause, cancel ...). A subscription sees
+the events that happen after it was created.
+"""
+
+from __future__ import annotations
+
+import queue as queue_mod
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from durable_jobs.engine.errors import JobError
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    job_id: str
+    name: str
+    queue: str
+    timestamp: datetime = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class JobEnqueued(JobEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class JobStarted(JobEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class JobCompleted(JobEvent):
+    duration: float = 0.0
+
+
+@dataclass(frozen=True)
+class JobFailed(JobEvent):
+    error: JobError | None = None
+
+
+@dataclass(frozen=True)
+class JobRetrying(JobEvent):
+    error: JobError | None = None
+    next_run_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class JobPaused(JobEvent):
+    mode: str = "graceful"
+
+
+@dataclass(frozen=True)
+class JobResumed(JobEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class JobCancelled(JobEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class JobReclaimed(JobEvent):
+    pass
+
+
+@dataclass(frozen=True)
+class CheckpointSaved(JobEvent):
+    position: int = 0
+    step: str = ""
+
+
+@dataclass(frozen=True)
+class CustomEvent:
+    job_id: str
+    kind: str
+    data: Any
+    timestamp: datetime = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class QueuePaused:
+    queue: str
+    timestamp: datetime = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class QueueResumed:
+    queue: str
+    timestamp: datetime = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class WorkerPaused:
+    worker_id: str
+    timestamp: datetime = field(default_factory=_now)
+    mode: str = "graceful"
+
+
+@dataclass(frozen=True)
+class WorkerResumed:
+    worker_id: str
+    timestamp: datetime = field(default_factory=_now)
+
+
+_CLOSED = object()
+
+
+class Subscription:
+    """An iterable of events; ``queue.unsubscribe(sub)`` ends the iteration."""
+
+    def __init__(self) -> None:
+        self._items: queue_mod.SimpleQueue[Any] = queue_mod.SimpleQueue()
+        self.closed = False
+
+    def put(self, event: Any) -> None:
+        self._items.put(event)
+
+    def close(self) -> None:
+        self.closed = True
+        self._items.put(_CLOSED)
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The next event; raises ``queue.Empty`` after ``timeout`` or if closed."""
+        item = self._items.get(timeout=timeout)
+        if item is _CLOSED:
+            self._items.put(_CLOSED)
+            raise queue_mod.Empty
+        return item
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            item = self._items.get()
+            if item is _CLOSED:
+                return
+            yield item
+
+
+class EventBus:
+    """Fans events out to subscriptions; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subs: list[Subscription] = []
+
+    def subscribe(self) -> Subscription:
+        sub = Subscription()
+        with self._lock:
+            self._subs.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            if sub in self._subs:
+                self._subs.remove(sub)
+        sub.close()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._subs)
+
+    def publish(self, event: Any) -> None:
+        with self._lock:
+            subs = list(self._subs)
+        for sub in subs:
+            sub.put(event)

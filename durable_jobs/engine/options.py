@@ -1,0 +1,144 @@
+"""Handler and enqueue options: validation, JSON encoding of payloads, defaults.
+
+Options resolve in this order: the enqueue call, then the handler's registration in the
+producing process (if any), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from durable_jobs.engine.errors import InvalidNameError, PayloadTooLargeError
+
+NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,254}")
+MAX_PAYLOAD = 1024 * 1024  # bytes, for args and for results
+DEFAULT_RETRIES = 3
+DEFAULT_QUEUE = "default"
+DEFAULT_MAX_BACKOFF = 3600.0
+
+
+def check_name(value: object, what: str = "job name") -> str:
+    """Return ``value`` if it is a valid job or queue name, else raise InvalidNameError."""
+    if not isinstance(value, str) or NAME_RE.fullmatch(value) is None:
+        raise InvalidNameError(
+            f"invalid {what} {value!r}: must match [A-Za-z][A-Za-z0-9_.-]{{0,254}}"
+        )
+    return value
+
+
+def _json_default(value: object) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"value of type {type(value).__name__} is not JSON serialisable")
+
+
+def encode_json(value: Any, what: str = "args") -> str:
+    """Encode a payload as compact JSON; dataclasses become objects.
+
+    Raises TypeError naming the offending type, or PayloadTooLargeError over 1 MiB.
+    """
+    try:
+        text = json.dumps(value, default=_json_default, separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:  # NaN / Infinity, circular references
+        raise TypeError(f"{what} are not valid JSON: {exc}") from None
+    except TypeError as exc:
+        raise TypeError(f"{what} are not JSON serialisable: {exc}") from None
+    size = len(text.encode())
+    if size > MAX_PAYLOAD:
+        raise PayloadTooLargeError(
+            f"{what} are {size} bytes once encoded; the limit is {MAX_PAYLOAD}")
+    return text
+
+
+def decode_json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def to_seconds(value: float | int | timedelta | None, what: str) -> float | None:
+    """Seconds from a number or timedelta; negative values are refused."""
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise TypeError(f"{what} must be seconds or a timedelta, got {type(value).__name__}")
+    if seconds < 0:
+        raise ValueError(f"{what} must not be negative, got {seconds}")
+    return float(seconds)
+
+
+def to_epoch(value: datetime) -> float:
+    """An absolute time as epoch seconds; a naive datetime means UTC."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+@dataclass(frozen=True)
+class HandlerOptions:
+    """Options given at registration; ``None`` means "not set here"."""
+
+    retries: int | None = None
+    timeout: float | None = None
+    queue: str | None = None
+    priority: int | None = None
+    max_backoff: float | None = None
+
+    def __post_init__(self) -> None:
+        validate_options(self.retries, self.timeout, self.queue, self.priority, self.max_backoff)
+
+
+def validate_options(
+    retries: int | None,
+    timeout: float | None,
+    queue: str | None,
+    priority: int | None,
+    max_backoff: float | None,
+) -> None:
+    """Raise a clear error for an option of the wrong type or range."""
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int)
+                                or retries < 0):
+        raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+        raise TypeError(f"priority must be an int, got {priority!r}")
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+        raise ValueError(f"timeout must be seconds > 0, got {timeout!r}")
+    if max_backoff is not None and (not isinstance(max_backoff, int | float) or max_backoff < 0):
+        raise ValueError(f"max_backoff must be seconds >= 0, got {max_backoff!r}")
+    if queue is not None:
+        check_name(queue, "queue name")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Fully resolved options for one job row."""
+
+    queue: str
+    priority: int
+    max_attempts: int
+    timeout: float | None
+    max_backoff: float
+
+
+def resolve(call: HandlerOptions, registered: HandlerOptions | None) -> Resolved:
+    """Merge enqueue-call options over registration options over defaults."""
+    reg = registered or HandlerOptions()
+
+    def pick(name: str, default: Any) -> Any:
+        for source in (call, reg):
+            value = getattr(source, name)
+            if value is not None:
+                return value
+        return default
+
+    return Resolved(
+        queue=pick("queue", DEFAULT_QUEUE),
+        priority=pick("priority", 0),
+        max_attempts=pick("retries", DEFAULT_RETRIES) + 1,
+        timeout=pick("timeout", None),
+        max_backoff=float(pick("max_backoff", DEFAULT_MAX_BACKOFF)),
+    )

@@ -1,0 +1,274 @@
+"""The :class:`Queue`: the object users program against (API.md §1–§11).
+
+It registers handlers, schedules and hooks in this process, and reads and writes jobs through
+the store. Running jobs is the worker's business (``queue.worker()``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import Connection
+
+from durable_jobs.engine import events as ev
+from durable_jobs.engine.errors import (
+    DurableJobsError,
+    InvalidStateError,
+    JobCancelledError,
+    JobError,
+    JobFailedError,
+)
+from durable_jobs.engine.fanout import Sub
+from durable_jobs.engine.job import TERMINAL, Job, PauseMode, Status, to_datetime
+from durable_jobs.engine.options import (
+    HandlerOptions,
+    check_name,
+    decode_json,
+    to_epoch,
+    to_seconds,
+)
+from durable_jobs.engine.registry import Registry
+from durable_jobs.engine.rows import build_row
+from durable_jobs.engine.schedules import ScheduleSpec
+from durable_jobs.store import fanouts
+from durable_jobs.store import jobs as job_rows
+from durable_jobs.store.store import Store
+
+if TYPE_CHECKING:
+    from durable_jobs.supervisor.worker import Worker
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def job_from_row(row: Any) -> Job:
+    """A :class:`Job` snapshot from a ``jobs`` row."""
+    error = JobError.from_json(json.loads(row.error)) if row.error else None
+    return Job(
+        id=row.id, name=row.name, queue=row.queue, status=Status(row.status),
+        args=decode_json(row.args),
+        result=decode_json(row.result) if row.status == "completed" else None,
+        error=None if row.status == "completed" else error,
+        attempt=row.attempt, max_attempts=row.max_attempts, priority=row.priority,
+        run_at=to_datetime(row.run_at), created_at=to_datetime(row.created_at),
+        started_at=to_datetime(row.started_at), finished_at=to_datetime(row.finished_at),
+        parent_id=row.parent_id,
+    )
+
+
+class Queue:
+    """Handlers, schedules and hooks, plus job operations on a :class:`Store`."""
+
+    def __init__(self, store: Store | str | None = None) -> None:
+        self._store = Store(store) if isinstance(store, str) else store
+        self.registry = Registry()
+        self.schedules: dict[str, tuple[ScheduleSpec, Any, str | None]] = {}
+        self.hooks: dict[str, list[Callable[..., Any]]] = {
+            "start": [], "complete": [], "fail": [], "retry": []}
+        self.bus = ev.EventBus()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Handlers pickled by value may refer to the queue; actors get an inert copy.
+        return (Queue, (self._store,))
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise DurableJobsError("this Queue has no store: pass jobs.Queue(store)")
+        return self._store
+
+    # -- registration ------------------------------------------------------------------
+
+    def register(self, name: str, fn: Callable[..., Any], *, retries: int | None = None,
+                 timeout: float | None = None, queue: str | None = None,
+                 priority: int | None = None, max_backoff: float | None = None) -> Any:
+        """Register ``fn`` as the handler for job ``name``; returns ``fn``."""
+        options = HandlerOptions(retries, to_seconds(timeout, "timeout"), queue, priority,
+                                 to_seconds(max_backoff, "max_backoff"))
+        self.registry.add(name, fn, options)
+        return fn
+
+    def job(self, name: str, **options: Any) -> Callable[[F], F]:
+        """Decorator form of :meth:`register`."""
+        def decorate(fn: F) -> F:
+            self.register(name, fn, **options)
+            return fn
+        return decorate
+
+    def schedule(self, name: str, spec: ScheduleSpec, args: Any = None,
+                 queue: str | None = None) -> None:
+        """Enqueue job ``name`` at every tick of ``spec`` (fired by scheduler supervisors)."""
+        check_name(name)
+        if queue is not None:
+            check_name(queue, "queue name")
+        self.schedules[name] = (spec, args, queue)
+
+    # -- hooks and events ----------------------------------------------------------------
+
+    def on_job_start(self, fn: F) -> F:
+        self.hooks["start"].append(fn)
+        return fn
+
+    def on_job_complete(self, fn: F) -> F:
+        self.hooks["complete"].append(fn)
+        return fn
+
+    def on_job_fail(self, fn: F) -> F:
+        self.hooks["fail"].append(fn)
+        return fn
+
+    def on_retry(self, fn: F) -> F:
+        self.hooks["retry"].append(fn)
+        return fn
+
+    def events(self) -> ev.Subscription:
+        """A subscription to the events that happen in this process from now on."""
+        return self.bus.subscribe()
+
+    def unsubscribe(self, subscription: ev.Subscription) -> None:
+        self.bus.unsubscribe(subscription)
+
+    def emit_custom_event(self, job_id: str, kind: str, data: Any = None) -> None:
+        self.bus.publish(ev.CustomEvent(job_id, kind, data))
+
+    # -- enqueue -------------------------------------------------------------------------
+
+    def enqueue(self, name: str, args: Any = None, *, priority: int | None = None,
+                retries: int | None = None, delay: float | timedelta | None = None,
+                run_at: datetime | None = None, queue: str | None = None,
+                unique: str | None = None, timeout: float | timedelta | None = None,
+                max_backoff: float | None = None, connection: Connection | None = None) -> str:
+        """Add one job; returns its id. See API.md §3."""
+        now = time.time()
+        when = to_epoch(run_at) if run_at is not None else now + (to_seconds(delay, "delay") or 0)
+        call = HandlerOptions(retries, to_seconds(timeout, "timeout"), queue, priority,
+                              max_backoff)
+        if unique is not None and not isinstance(unique, str):
+            raise TypeError(f"unique must be a str, got {type(unique).__name__}")
+        row = build_row(self.registry, name, args, call, when, now, unique)
+        store = self.store
+        with store.using(connection) as conn:
+            job_rows.insert_one(conn, store.dialect, row, unique)
+        if self.bus.active:
+            self.bus.publish(ev.JobEnqueued(row[0], name, row[2]))
+        return str(row[0])
+
+    def enqueue_many(self, subs: Iterable[Sub], *, connection: Connection | None = None
+                     ) -> list[str]:
+        """Add many jobs in one transaction (COPY on PostgreSQL); returns their ids."""
+        now = time.time()
+        rows = []
+        for sub in subs:
+            call = HandlerOptions(sub.retries, sub.timeout, sub.queue, sub.priority)
+            rows.append(build_row(self.registry, sub.name, sub.args, call, now, now))
+        store = self.store
+        with store.using(connection) as conn:
+            job_rows.insert_many(conn, store.dialect, rows)
+        return [str(row[0]) for row in rows]
+
+    # -- reading -------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job:
+        """A snapshot of the job; raises JobNotFoundError for an unknown id."""
+        with self.store.read() as conn:
+            return job_from_row(job_rows.get(conn, job_id))
+
+    def result(self, job_id: str, timeout: float | None = None) -> Any:
+        """Wait for a terminal state; return the result or raise its failure."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.005
+        while True:
+            job = self.get(job_id)
+            if job.status in TERMINAL:
+                return _terminal_result(job)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} is still {job.status} after {timeout} s")
+            remaining = None if deadline is None else deadline - time.monotonic()
+            time.sleep(min(pause, remaining) if remaining is not None else pause)
+            pause = min(pause * 1.5, 0.2)
+
+    # -- operations ----------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> None:
+        """Cancel a job and its whole fan-out subtree (a running job's actor is killed)."""
+        store = self.store
+        with store.write() as conn:
+            row = job_rows.get_status(conn, job_id, lock=True)
+            if row.status in ("completed", "failed", "cancelled"):
+                raise InvalidStateError(job_id, row.status, "cancel")
+            now = time.time()
+            cancelled = job_rows.cancel_ids(conn, store.dialect,
+                                            job_rows.subtree(conn, job_id))
+            fanouts.settle(conn, store.dialect, ((r.fan_out_id, False) for r in cancelled), now)
+        for r in cancelled:
+            self.bus.publish(ev.JobCancelled(r.id, r.name, r.queue))
+
+    def retry(self, job_id: str) -> None:
+        """Run a failed or cancelled job again from the start."""
+        store = self.store
+        with store.write() as conn:
+            job_rows.reset_for_retry(conn, job_id, time.time())
+            store.dialect.notify(conn)
+
+    def pause_job(self, job_id: str, mode: PauseMode | str = PauseMode.GRACEFUL) -> None:
+        """Pause a job; a running one only with ``PauseMode.AGGRESSIVE`` (kills its actor)."""
+        mode = PauseMode(mode)
+        with self.store.write() as conn:
+            job_rows.pause(conn, job_id, mode is PauseMode.AGGRESSIVE)
+            row = job_rows.get(conn, job_id)
+        self.bus.publish(ev.JobPaused(job_id, row.name, row.queue, mode=mode.value))
+
+    def resume_job(self, job_id: str) -> None:
+        """Return a paused job to where it was; it replays from its checkpoints."""
+        store = self.store
+        with store.write() as conn:
+            job_rows.resume(conn, job_id, time.time())
+            row = job_rows.get(conn, job_id)
+            store.dialect.notify(conn)
+        self.bus.publish(ev.JobResumed(job_id, row.name, row.queue))
+
+    def is_job_paused(self, job_id: str) -> bool:
+        return self.get(job_id).status is Status.PAUSED
+
+    def pause_queue(self, name: str) -> None:
+        """No supervisor claims from a paused queue; running jobs finish."""
+        self._set_queue_paused(name, True)
+        self.bus.publish(ev.QueuePaused(name))
+
+    def resume_queue(self, name: str) -> None:
+        self._set_queue_paused(name, False)
+        self.bus.publish(ev.QueueResumed(name))
+
+    def is_queue_paused(self, name: str) -> bool:
+        check_name(name, "queue name")
+        with self.store.read() as conn:
+            return job_rows.is_queue_paused(conn, name)
+
+    def _set_queue_paused(self, name: str, paused: bool) -> None:
+        check_name(name, "queue name")
+        store = self.store
+        with store.write() as conn:
+            job_rows.set_queue_paused(conn, store.dialect, name, paused, time.time())
+            if not paused:
+                store.dialect.notify(conn)
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def worker(self, queues: dict[str, int] | None = None, *, scheduler: bool = False,
+               poll_interval: float = 0.5, **options: Any) -> Worker:
+        """A supervisor with its actors for this queue's handlers (``run()`` or ``start()``)."""
+        from durable_jobs.supervisor.worker import Worker
+
+        return Worker(self, queues or {"default": 1}, scheduler=scheduler,
+                      poll_interval=poll_interval, **options)
+
+
+def _terminal_result(job: Job) -> Any:
+    if job.status is Status.COMPLETED:
+        return job.result
+    if job.status is Status.FAILED:
+        raise JobFailedError(job.id, job.error)
+    raise JobCancelledError(job.id, job.error)

@@ -1,0 +1,101 @@
+"""The handler registry, dataclass args, and import-by-path.
+
+Handlers travel to actor processes with cloudpickle: functions in importable modules go by
+reference (the actor imports the module), functions defined in ``__main__`` or as closures go
+by value, so ``worker.run()`` from a script just works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from durable_jobs.engine.errors import HandlerNotFoundError
+from durable_jobs.engine.options import HandlerOptions, check_name
+
+
+@dataclass(frozen=True)
+class Handler:
+    """A registered handler and its options."""
+
+    name: str
+    fn: Callable[..., Any]
+    options: HandlerOptions
+    arg_type: type | None
+    is_async: bool
+
+
+def arg_dataclass(fn: Callable[..., Any]) -> type | None:
+    """The dataclass that the handler's single parameter is annotated with, if any."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if not params:
+        return None
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - unresolvable annotations mean "no dataclass"
+        return None
+    hint = hints.get(params[0].name)
+    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
+
+
+def coerce_args(handler: Handler, args: Any) -> Any:
+    """Turn JSON args into what the handler takes (a dataclass when it is annotated so)."""
+    cls = handler.arg_type
+    if cls is None or isinstance(args, cls):
+        return args
+    if not isinstance(args, dict):
+        raise TypeError(f"handler {handler.name!r} takes {cls.__name__}; got "
+                        f"{type(args).__name__} args")
+    try:
+        return cls(**args)
+    except TypeError as exc:
+        raise TypeError(f"args do not fit {cls.__name__} for handler {handler.name!r}: "
+                        f"{exc}") from None
+
+
+class Registry:
+    """Handlers by job name."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Handler] = {}
+
+    def add(self, name: str, fn: Callable[..., Any], options: HandlerOptions) -> Handler:
+        check_name(name)
+        if not callable(fn):
+            raise TypeError(f"handler for {name!r} is not callable: {fn!r}")
+        handler = Handler(name, fn, options, arg_dataclass(fn),
+                          asyncio.iscoroutinefunction(fn))
+        self.handlers[name] = handler
+        return handler
+
+    def get(self, name: str) -> Handler:
+        try:
+            return self.handlers[name]
+        except KeyError:
+            raise HandlerNotFoundError(f"no handler registered for job {name!r}") from None
+
+    def find(self, name: str) -> Handler | None:
+        return self.handlers.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self.handlers)
+
+
+def import_path(path: str) -> Any:
+    """Import ``"package.module:attribute"``."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"{path!r} must look like 'package.module:attribute'")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj

@@ -1,0 +1,39 @@
+"""What differs between SQLite and PostgreSQL: the clock, the claim, bulk insert, wake-ups."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, Engine
+
+
+class Dialect(Protocol):
+    """The dialect-specific part of the store; everything else is portable Core."""
+
+    name: str
+    now_sql: str  # SQL expression: the database clock as epoch seconds
+
+    def configure(self, engine: Engine) -> None: ...
+    def post_migrate(self, conn: Connection) -> None: ...
+    def migration_lock(self, conn: Connection) -> None: ...
+    def claim(
+        self, conn: Connection, owner: str, queue: str, names: list[str], limit: int,
+        lease_timeout: float,
+    ) -> list[Any]: ...
+    def bulk_insert(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None: ...
+    def insert_unique(self, conn: Connection, row: dict[str, Any]) -> bool: ...
+    def notify(self, conn: Connection) -> None: ...
+
+
+def for_engine(engine: Engine) -> Dialect:
+    """The dialect object for an engine's backend."""
+    name = engine.dialect.name
+    if name == "sqlite":
+        from durable_jobs.store.dialects.sqlite import SQLiteDialect
+
+        return SQLiteDialect()
+    if name == "postgresql":
+        from durable_jobs.store.dialects.postgresql import PostgreSQLDialect
+
+        return PostgreSQLDialect()
+    raise ValueError(f"unsupported database {name!r}: durable-jobs supports SQLite and PostgreSQL")

@@ -1,0 +1,34 @@
+"""Pieces both dialects share: the claim template and the job columns in insert order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.sql.elements import TextClause
+
+from durable_jobs.store.schema import jobs
+
+#: Column order of the tuples that ``bulk_insert`` takes.
+INSERT_COLUMNS = (
+    "id", "name", "queue", "args", "status", "priority", "attempt", "max_attempts",
+    "max_backoff", "timeout", "run_at", "unique_key", "parent_id", "fan_out_id",
+    "fan_out_index", "checkpoints", "created_at",
+)
+CLAIM_RETURNING = (
+    "id, name, queue, args, attempt, max_attempts, max_backoff, timeout, priority, "
+    "checkpoints, parent_id, run_at, created_at"
+)
+
+
+def claim_text(template: str, now_sql: str) -> TextClause:
+    """Compile a claim template with the dialect's clock and an expanding ``names`` list."""
+    sql = template.format(now=now_sql, returning=CLAIM_RETURNING)
+    return text(sql).bindparams(bindparam("names", expanding=True))
+
+
+def row_dict(row: tuple[Any, ...]) -> dict[str, Any]:
+    return dict(zip(INSERT_COLUMNS, row, strict=True))
+
+
+assert all(name in jobs.c for name in INSERT_COLUMNS)

@@ -1,0 +1,90 @@
+"""PostgreSQL: ``FOR UPDATE SKIP LOCKED`` claims, COPY for bulk enqueue, LISTEN/NOTIFY.
+
+Wake-ups come from a statement-level trigger, so an enqueue pays no extra round trip for its
+NOTIFY, and a multi-row enqueue sends one. Lease times use ``clock_timestamp()`` so hosts with
+skewed clocks cannot steal each other's live leases.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+
+from durable_jobs.store.dialects.common import INSERT_COLUMNS, claim_text
+from durable_jobs.store.schema import NON_TERMINAL_SQL, jobs
+
+CHANNEL = "durable_jobs"
+MIGRATION_LOCK_KEY = 0x6475726A6F6273  # "durjobs"
+NOW = "extract(epoch from clock_timestamp())::float8"
+
+CLAIM = claim_text(
+    """
+    WITH picked AS (
+        SELECT id FROM jobs
+        WHERE status = 'pending' AND queue = :queue AND run_at <= {now}
+          AND name IN :names
+          AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = :queue AND q.paused)
+        ORDER BY priority DESC, run_at, id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE jobs SET status = 'running', attempt = jobs.attempt + 1, lease_owner = :owner,
+        lease_expires_at = {now} + :lease, started_at = {now}
+    FROM picked WHERE jobs.id = picked.id
+    RETURNING {returning}
+    """,
+    NOW,
+)
+NOTIFY_DDL = f"""
+CREATE OR REPLACE FUNCTION durable_jobs_notify() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('{CHANNEL}', '');
+    RETURN NULL;
+END $$ LANGUAGE plpgsql;
+DROP TRIGGER IF EXISTS jobs_notify ON jobs;
+CREATE TRIGGER jobs_notify AFTER INSERT ON jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION durable_jobs_notify();
+"""
+COPY_SQL = f"COPY jobs ({', '.join(INSERT_COLUMNS)}) FROM STDIN"
+
+
+class PostgreSQLDialect:
+    """The production and multi-host backend (psycopg 3)."""
+
+    name = "postgresql"
+    now_sql = NOW
+
+    def configure(self, engine: Engine) -> None:
+        """Nothing: psycopg's defaults suit us."""
+
+    def migration_lock(self, conn: Connection) -> None:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+
+    def post_migrate(self, conn: Connection) -> None:
+        conn.exec_driver_sql(NOTIFY_DDL)
+
+    def claim(
+        self, conn: Connection, owner: str, queue: str, names: list[str], limit: int,
+        lease_timeout: float,
+    ) -> list[Any]:
+        params = {"owner": owner, "queue": queue, "names": names, "limit": limit,
+                  "lease": lease_timeout}
+        return list(conn.execute(CLAIM, params))
+
+    def bulk_insert(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cursor, cursor.copy(COPY_SQL) as copy:  # type: ignore[union-attr]
+            for row in rows:
+                copy.write_row(row)
+
+    def insert_unique(self, conn: Connection, row: dict[str, Any]) -> bool:
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt = pg_insert(jobs).values(**row).on_conflict_do_nothing(
+            index_elements=["unique_key"], index_where=text(NON_TERMINAL_SQL)
+        )
+        return conn.execute(stmt).rowcount == 1
+
+    def notify(self, conn: Connection) -> None:
+        conn.execute(text("SELECT pg_notify(:c, '')"), {"c": CHANNEL})

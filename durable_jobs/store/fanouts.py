@@ -1,0 +1,179 @@
+"""Fan-out bookkeeping: create a fan-out, count finished sub-jobs, decide, resume the parent.
+
+Every path that ends a sub-job (outcome, cancel, reaper) calls :func:`settle` in the same
+transaction, so the fan-out's counts and the parent's resume can never be out of step with
+the sub-jobs: a parent is never left waiting for work that has already finished. The
+deadline duty (:func:`expire`) decides fan-outs whose deadline passed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Connection, literal_column, select, update
+
+from durable_jobs.engine.errors import JobError
+from durable_jobs.engine.fanout import evaluate, strategy_from
+from durable_jobs.store.dialects import Dialect
+from durable_jobs.store.schema import fan_outs, jobs, steps
+
+FAN_OUT_STEP = "<fan-out>"
+UNFINISHED = JobError("Unfinished", "the sub-job had not finished when the fan-out was decided")
+CANCELLED = JobError("Cancelled", "the sub-job was cancelled")
+
+
+def create(conn: Connection, row: dict[str, Any]) -> None:
+    conn.execute(fan_outs.insert().values(**row))
+
+
+def settle(conn: Connection, dialect: Dialect, finished: Iterable[tuple[str | None, bool]],
+           now: float) -> list[str]:
+    """Count sub-jobs that reached a terminal state: (fan_out_id, succeeded) pairs.
+
+    Returns the ids of parents that went back to pending, so callers can wake a claimer.
+    """
+    counts: dict[str, Counter[bool]] = {}
+    for fan_out_id, ok in finished:
+        if fan_out_id is not None:
+            counts.setdefault(fan_out_id, Counter())[ok] += 1
+    resumed: list[str] = []
+    for fan_out_id in sorted(counts):  # a fixed order avoids deadlocks between hosts
+        c = counts[fan_out_id]
+        row = conn.execute(
+            update(fan_outs).where(fan_outs.c.id == fan_out_id)
+            .values(succeeded=fan_outs.c.succeeded + c[True], failed=fan_outs.c.failed + c[False])
+            .returning(*fan_outs.c)
+        ).first()
+        if row is None or row.status != "open":
+            continue
+        verdict = evaluate(strategy_from(row.strategy, row.threshold), row.total,
+                           row.succeeded, row.failed)
+        if verdict is not None:
+            resumed.extend(decide(conn, dialect, row, verdict, now))
+    return resumed
+
+
+def decide(conn: Connection, dialect: Dialect, fan_out: Any, verdict: str,
+           now: float) -> list[str]:
+    """Close an open fan-out with ``verdict``; store the parent's step; wake the parent.
+
+    ``verdict`` is succeeded, failed or timed_out. Returns the parent id if it went pending.
+    """
+    closed = conn.execute(
+        update(fan_outs).where(fan_outs.c.id == fan_out.id, fan_outs.c.status == "open")
+        .values(status=verdict)
+    ).rowcount
+    if not closed:
+        return []
+    results = _results(conn, fan_out.id, fan_out.total)
+    _store_step(conn, fan_out, verdict, results, now)
+    cancel_unfinished = verdict == "timed_out" or (
+        verdict == "failed" and fan_out.cancel_on_parent_failure)
+    if cancel_unfinished:
+        cancel_children(conn, dialect, fan_out.id, now)
+    return _wake_parent(conn, fan_out.parent_id, now)
+
+
+def _results(conn: Connection, fan_out_id: str, total: int) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        select(jobs.c.fan_out_index, jobs.c.status, jobs.c.result, jobs.c.error)
+        .where(jobs.c.fan_out_id == fan_out_id).order_by(jobs.c.fan_out_index)
+    )
+    results: list[dict[str, Any]] = [
+        {"index": i, "value": None, "error": UNFINISHED.to_json()} for i in range(total)
+    ]
+    for index, status, result, error in rows:
+        entry = results[index]
+        if status == "completed":
+            entry["value"] = json.loads(result) if result is not None else None
+            entry["error"] = None
+        elif status == "failed":
+            entry["error"] = json.loads(error) if error else UNFINISHED.to_json()
+        elif status == "cancelled":
+            entry["error"] = CANCELLED.to_json()
+    return results
+
+
+def _store_step(conn: Connection, fan_out: Any, verdict: str,
+                results: list[dict[str, Any]], now: float) -> None:
+    if verdict == "succeeded":
+        status, result, error = "completed", json.dumps(results), None
+    else:
+        failed = sum(1 for r in results if r["error"] is not None)
+        kind = "FanOutTimeoutError" if verdict == "timed_out" else "FanOutFailedError"
+        message = (f"fan-out timed out with {failed} of {fan_out.total} sub-jobs unfinished "
+                   f"or failed" if verdict == "timed_out"
+                   else f"fan-out failed: {failed} of {fan_out.total} sub-jobs did not succeed")
+        status, result = "failed", None
+        error = json.dumps({"type": kind, "message": message, "results": results})
+    conn.execute(steps.insert().values(job_id=fan_out.parent_id, position=fan_out.position,
+                                       name=FAN_OUT_STEP, status=status, result=result,
+                                       error=error, span=0, created_at=now))
+    conn.execute(update(jobs).where(jobs.c.id == fan_out.parent_id)
+                 .values(checkpoints=jobs.c.checkpoints + 1))
+
+
+def _wake_parent(conn: Connection, parent_id: str, now: float) -> list[str]:
+    """waiting -> pending; a paused parent stays paused but will resume as pending."""
+    woke = conn.execute(
+        update(jobs).where(jobs.c.id == parent_id, jobs.c.status == "waiting")
+        .values(status="pending", run_at=now)
+    ).rowcount
+    conn.execute(
+        update(jobs).where(jobs.c.id == parent_id, jobs.c.status == "paused",
+                           jobs.c.paused_from == "waiting")
+        .values(paused_from="pending", run_at=now)
+    )
+    return [parent_id] if woke else []
+
+
+def cancel_children(conn: Connection, dialect: Dialect, fan_out_id: str, now: float) -> None:
+    """Cancel the unfinished sub-jobs of a fan-out, with their own subtrees."""
+    from durable_jobs.store.jobs import cancel_ids, subtree
+
+    children = conn.execute(
+        select(jobs.c.id).where(jobs.c.fan_out_id == fan_out_id,
+                                jobs.c.status.in_(("pending", "running", "waiting", "paused")))
+    ).scalars().all()
+    ids: list[str] = []
+    for child in children:
+        ids.extend(subtree(conn, child))
+    cancelled = cancel_ids(conn, dialect, ids)
+    settle(conn, dialect, ((r.fan_out_id, False) for r in cancelled), now)
+
+
+def cancel_on_parent_failure(conn: Connection, dialect: Dialect, parent_id: str,
+                             now: float) -> None:
+    """A parent failed for good: cancel sub-jobs of its fan-outs that asked for it."""
+    ids = conn.execute(
+        select(fan_outs.c.id).where(fan_outs.c.parent_id == parent_id,
+                                    fan_outs.c.cancel_on_parent_failure)
+    ).scalars().all()
+    for fan_out_id in ids:
+        cancel_children(conn, dialect, fan_out_id, now)
+
+
+def expire(conn: Connection, dialect: Dialect, now: float) -> list[str]:
+    """Decide every open fan-out whose deadline passed as timed out."""
+    rows = conn.execute(
+        select(fan_outs).where(fan_outs.c.status == "open", fan_outs.c.deadline.is_not(None),
+                               fan_outs.c.deadline <= literal_column(dialect.now_sql))
+    ).all()
+    resumed: list[str] = []
+    for row in rows:
+        resumed.extend(decide(conn, dialect, row, "timed_out", now))
+    return resumed
+
+
+def recheck(conn: Connection, dialect: Dialect, now: float) -> list[str]:
+    """Safety net: decide open fan-outs whose stored counts already decide them."""
+    resumed: list[str] = []
+    for row in conn.execute(select(fan_outs).where(fan_outs.c.status == "open")).all():
+        verdict = evaluate(strategy_from(row.strategy, row.threshold), row.total,
+                           row.succeeded, row.failed)
+        if verdict is not None:
+            resumed.extend(decide(conn, dialect, row, verdict, now))
+    return resumed

@@ -1,0 +1,203 @@
+"""Job rows: insert, read, cancel, retry, pause, resume; queue pause flags; steps.
+
+One function per query (or per small group of queries that must share a transaction).
+Functions take a Connection inside the caller's transaction and never commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, func, literal_column, select, update
+
+from durable_jobs.engine.errors import DuplicateJobError, InvalidStateError, JobNotFoundError
+from durable_jobs.store.dialects import Dialect
+from durable_jobs.store.dialects.common import row_dict
+from durable_jobs.store.schema import NON_TERMINAL_SQL, fan_outs, jobs, queues, steps
+
+NON_TERMINAL = ("pending", "running", "waiting", "paused")
+
+
+def insert_one(conn: Connection, dialect: Dialect, row: tuple[Any, ...],
+               unique: str | None) -> None:
+    """Insert one job; with a unique key, raise DuplicateJobError if a live job holds it."""
+    values = row_dict(row)
+    if unique is None:
+        conn.execute(jobs.insert(), values)
+        return
+    if not dialect.insert_unique(conn, values):
+        holder = conn.execute(
+            select(jobs.c.id).where(jobs.c.unique_key == unique,
+                                    jobs.c.status.in_(NON_TERMINAL))
+        ).scalar()
+        raise DuplicateJobError(unique, holder or "?")
+
+
+def insert_many(conn: Connection, dialect: Dialect, rows: list[tuple[Any, ...]]) -> None:
+    """Insert many jobs in one statement (COPY on PostgreSQL)."""
+    if rows:
+        dialect.bulk_insert(conn, rows)
+
+
+def get(conn: Connection, job_id: str) -> Any:
+    row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+    if row is None:
+        raise JobNotFoundError(job_id)
+    return row
+
+
+def get_status(conn: Connection, job_id: str, lock: bool = False) -> Any:
+    query = select(jobs.c.id, jobs.c.status, jobs.c.paused_from, jobs.c.fan_out_id,
+                   jobs.c.lease_owner).where(jobs.c.id == job_id)
+    if lock and conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = conn.execute(query).first()
+    if row is None:
+        raise JobNotFoundError(job_id)
+    return row
+
+
+def subtree(conn: Connection, root: str) -> list[str]:
+    """The ids of ``root`` and all its non-terminal descendants, breadth first."""
+    found = [root]
+    frontier = [root]
+    while frontier:
+        children = conn.execute(
+            select(jobs.c.id).where(jobs.c.parent_id.in_(frontier),
+                                    jobs.c.status.in_(NON_TERMINAL))
+        ).scalars().all()
+        frontier = list(children)
+        found.extend(frontier)
+    return found
+
+
+def cancel_ids(conn: Connection, dialect: Dialect, ids: list[str]) -> list[Any]:
+    """Cancel the non-terminal jobs among ``ids``; their open fan-outs close as cancelled.
+
+    Returns (id, fan_out_id) of the jobs that were cancelled, for fan-out accounting.
+    The lease owner is kept so the supervisor running a job sees it was cancelled.
+    """
+    if not ids:
+        return []
+    conn.execute(
+        update(fan_outs).where(fan_outs.c.parent_id.in_(ids), fan_outs.c.status == "open")
+        .values(status="cancelled")
+    )
+    result: list[Any] = []
+    for chunk in _chunks(ids, 500):
+        rows = conn.execute(
+            update(jobs)
+            .where(jobs.c.id.in_(chunk), jobs.c.status.in_(NON_TERMINAL))
+            .values(status="cancelled", paused_from=None,
+                    finished_at=literal_column(dialect.now_sql))
+            .returning(jobs.c.id, jobs.c.fan_out_id, jobs.c.name, jobs.c.queue)
+        ).all()
+        result.extend(rows)
+    return result
+
+
+def reset_for_retry(conn: Connection, job_id: str, now: float) -> None:
+    """A failed or cancelled job runs again from the start: steps and attempts reset."""
+    row = get_status(conn, job_id, lock=True)
+    if row.status not in ("failed", "cancelled"):
+        raise InvalidStateError(job_id, row.status, "retry")
+    conn.execute(steps.delete().where(steps.c.job_id == job_id))
+    conn.execute(
+        update(jobs).where(jobs.c.id == job_id).values(
+            status="pending", attempt=0, run_at=now, result=None, error=None,
+            finished_at=None, started_at=None, lease_owner=None, lease_expires_at=None,
+            checkpoints=0, paused_from=None,
+        )
+    )
+
+
+def pause(conn: Connection, job_id: str, aggressive: bool) -> str:
+    """Pause a job; returns the state it was paused from. A running job needs ``aggressive``."""
+    row = get_status(conn, job_id, lock=True)
+    status = row.status
+    if status in ("pending", "waiting"):
+        values: dict[str, Any] = {"status": "paused", "paused_from": status}
+    elif status == "running" and aggressive:
+        # The owner sees the lost lease and kills the actor; the attempt is given back.
+        values = {"status": "paused", "paused_from": "pending", "lease_owner": None,
+                  "lease_expires_at": None, "attempt": jobs.c.attempt - 1}
+    else:
+        raise InvalidStateError(job_id, status, "pause" + (" gracefully" if status == "running"
+                                                            else ""))
+    conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+    return str(status)
+
+
+def resume(conn: Connection, job_id: str, now: float) -> str:
+    """Resume a paused job to where it was; returns the state it resumes into."""
+    row = get_status(conn, job_id, lock=True)
+    if row.status != "paused":
+        raise InvalidStateError(job_id, row.status, "resume")
+    target = row.paused_from or "pending"
+    values: dict[str, Any] = {"status": target, "paused_from": None}
+    if target == "pending":
+        values["run_at"] = func.least(jobs.c.run_at, now) if conn.dialect.name == "postgresql" \
+            else func.min(jobs.c.run_at, now)
+    conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+    return target
+
+
+def set_queue_paused(conn: Connection, dialect: Dialect, name: str, paused: bool,
+                     now: float) -> None:
+    updated = conn.execute(
+        update(queues).where(queues.c.name == name).values(paused=paused, updated_at=now)
+    ).rowcount
+    if not updated:
+        conn.execute(queues.insert().values(name=name, paused=paused, updated_at=now))
+
+
+def is_queue_paused(conn: Connection, name: str) -> bool:
+    value = conn.execute(select(queues.c.paused).where(queues.c.name == name)).scalar()
+    return bool(value)
+
+
+def paused_queues(conn: Connection) -> set[str]:
+    return set(conn.execute(select(queues.c.name).where(queues.c.paused)).scalars())
+
+
+def load_steps(conn: Connection, job_ids: Iterable[str]) -> dict[str, list[Any]]:
+    """Stored steps per job id, in position order."""
+    ids = list(job_ids)
+    found: dict[str, list[Any]] = {job_id: [] for job_id in ids}
+    if not ids:
+        return found
+    rows = conn.execute(
+        select(steps.c.job_id, steps.c.position, steps.c.name, steps.c.status,
+               steps.c.result, steps.c.error, steps.c.span)
+        .where(steps.c.job_id.in_(ids)).order_by(steps.c.job_id, steps.c.position)
+    )
+    for row in rows:
+        found[row.job_id].append(row)
+    return found
+
+
+STEP_INSERT = steps.insert()
+
+
+def save_steps(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert checkpoints (dicts of the ``steps`` columns) and count them on their jobs."""
+    if not rows:
+        return
+    conn.execute(STEP_INSERT, rows)
+    conn.execute(update(jobs).where(jobs.c.id == bindparam("b_id"))
+                 .values(checkpoints=jobs.c.checkpoints + 1),
+                 [{"b_id": row["job_id"]} for row in rows])
+
+
+def count_by_status(conn: Connection) -> dict[str, int]:
+    rows = conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status))
+    return {str(status): int(count) for status, count in rows}
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+__all__ = ["NON_TERMINAL_SQL"]

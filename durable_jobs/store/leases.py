@@ -1,0 +1,162 @@
+"""Leases: claim a batch, renew, write outcomes guarded by the lease, release, reclaim.
+
+Every write after the claim is guarded by ``lease_owner = me AND status = 'running'``; a
+write that matches no row means the lease was lost (cancelled, paused, reclaimed), and the
+outcome is dropped. Outcome writes first select the rows they may touch (locking them on
+PostgreSQL; SQLite's BEGIN IMMEDIATE already excludes other writers), then update them with
+one executemany per kind, so a batch costs a fixed number of statements.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, literal_column, select, update
+
+from durable_jobs.engine.errors import JobError
+from durable_jobs.engine.outcomes import Complete, Fail, Retry, Transition
+from durable_jobs.store import fanouts
+from durable_jobs.store.dialects import Dialect
+from durable_jobs.store.schema import jobs
+
+
+@dataclass(frozen=True)
+class Release:
+    """Give the job back to ``pending`` without using an attempt (shutdown, worker pause)."""
+
+
+Write = Transition | Release
+
+_B = bindparam
+COMPLETE = update(jobs).where(jobs.c.id == _B("b_id")).values(
+    status="completed", result=_B("b_result"), error=None, finished_at=_B("b_now"),
+    lease_owner=None, lease_expires_at=None)
+RETRY = update(jobs).where(jobs.c.id == _B("b_id")).values(
+    status="pending", run_at=_B("b_run_at"), error=_B("b_error"),
+    lease_owner=None, lease_expires_at=None)
+FAIL = update(jobs).where(jobs.c.id == _B("b_id")).values(
+    status="failed", error=_B("b_error"), finished_at=_B("b_now"),
+    lease_owner=None, lease_expires_at=None)
+RELEASE = update(jobs).where(jobs.c.id == _B("b_id")).values(
+    status="pending", attempt=jobs.c.attempt - 1, lease_owner=None, lease_expires_at=None)
+
+
+def claim(conn: Connection, dialect: Dialect, owner: str, queue: str, names: list[str],
+          limit: int, lease_timeout: float) -> list[Any]:
+    """Claim up to ``limit`` ready jobs of ``queue`` whose names are in ``names``."""
+    if limit <= 0 or not names:
+        return []
+    rows = dialect.claim(conn, owner, queue, names, limit, lease_timeout)
+    rows.sort(key=lambda r: (-r.priority, r.run_at, r.id))
+    return rows
+
+
+def renew(conn: Connection, dialect: Dialect, owner: str, ids: list[str],
+          lease_timeout: float) -> set[str]:
+    """Extend the leases still held; returns the ids that are still ours and running."""
+    if not ids:
+        return set()
+    rows = conn.execute(
+        update(jobs).where(jobs.c.id.in_(ids), jobs.c.lease_owner == owner,
+                           jobs.c.status == "running")
+        .values(lease_expires_at=literal_column(dialect.now_sql) + lease_timeout)
+        .returning(jobs.c.id)
+    )
+    return set(rows.scalars())
+
+
+def _owned(conn: Connection, owner: str, ids: list[str]) -> dict[str, Any]:
+    query = select(jobs).where(jobs.c.id.in_(ids), jobs.c.lease_owner == owner,
+                               jobs.c.status == "running")
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return {row.id: row for row in conn.execute(query)}
+
+
+def finish(conn: Connection, dialect: Dialect, owner: str, items: list[tuple[str, Write]],
+           now: float) -> list[tuple[Any, Write]]:
+    """Write a batch of outcomes; returns (row before the write, write) for those applied."""
+    if not items:
+        return []
+    owned = _owned(conn, owner, [job_id for job_id, _ in items])
+    applied = [(owned[job_id], write) for job_id, write in items if job_id in owned]
+    params: dict[type, list[dict[str, Any]]] = {Complete: [], Retry: [], Fail: [], Release: []}
+    for row, write in applied:
+        params[type(write)].append(_params(row.id, write, now))
+    for kind, stmt in ((Complete, COMPLETE), (Retry, RETRY), (Fail, FAIL), (Release, RELEASE)):
+        if params[kind]:
+            conn.execute(stmt, params[kind])
+    _after_terminal(conn, dialect, applied, now)
+    return applied
+
+
+def _params(job_id: str, write: Write, now: float) -> dict[str, Any]:
+    if isinstance(write, Complete):
+        return {"b_id": job_id, "b_result": write.result, "b_now": now}
+    if isinstance(write, Retry):
+        return {"b_id": job_id, "b_run_at": write.run_at, "b_error": error_json(write.error)}
+    if isinstance(write, Fail):
+        return {"b_id": job_id, "b_error": error_json(write.error), "b_now": now}
+    return {"b_id": job_id}
+
+
+def _after_terminal(conn: Connection, dialect: Dialect,
+                    applied: list[tuple[Any, Write]], now: float) -> None:
+    finished = [(row.fan_out_id, isinstance(w, Complete)) for row, w in applied
+                if isinstance(w, Complete | Fail) and row.fan_out_id is not None]
+    if finished:
+        fanouts.settle(conn, dialect, finished, now)
+    for row, write in applied:
+        if isinstance(write, Fail) and row.checkpoints:
+            fanouts.cancel_on_parent_failure(conn, dialect, row.id, now)
+
+
+def error_json(error: JobError) -> str:
+    return json.dumps(error.to_json())
+
+
+def suspend(conn: Connection, dialect: Dialect, owner: str, job_id: str,
+            fan_out: dict[str, Any], sub_rows: list[tuple[Any, ...]]) -> bool:
+    """Park a running parent on a new fan-out: insert sub-jobs, record it, parent -> waiting.
+
+    The attempt is given back: a parent that fanned out once and then completed has used one.
+    """
+    if job_id not in _owned(conn, owner, [job_id]):
+        return False
+    fanouts.create(conn, fan_out)
+    dialect.bulk_insert(conn, sub_rows)
+    conn.execute(update(jobs).where(jobs.c.id == job_id).values(
+        status="waiting", attempt=jobs.c.attempt - 1, lease_owner=None, lease_expires_at=None))
+    return True
+
+
+LEASE_EXPIRED = "LeaseExpired"
+
+
+def reclaim_expired(conn: Connection, dialect: Dialect, now: float,
+                    limit: int = 1000) -> list[tuple[Any, Write]]:
+    """Jobs whose lease expired go back to pending (an attempt is used) or fail when none
+    are left. Judged on the database clock."""
+    query = (select(jobs).where(jobs.c.status == "running",
+                                jobs.c.lease_expires_at < literal_column(dialect.now_sql))
+             .limit(limit))
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    rows = conn.execute(query).all()
+    items: list[tuple[Any, Write]] = []
+    for row in rows:
+        error = JobError(LEASE_EXPIRED, f"lease held by supervisor {row.lease_owner} expired "
+                                        "(the supervisor stopped heartbeating)")
+        write: Write = Fail(error) if row.attempt >= row.max_attempts else Retry(now, error)
+        items.append((row, write))
+    by_kind: dict[type, list[dict[str, Any]]] = {Retry: [], Fail: []}
+    for row, write in items:
+        by_kind[type(write)].append(_params(row.id, write, now))
+    if by_kind[Retry]:
+        conn.execute(RETRY, by_kind[Retry])
+    if by_kind[Fail]:
+        conn.execute(FAIL, by_kind[Fail])
+    _after_terminal(conn, dialect, items, now)
+    return items

@@ -1,0 +1,156 @@
+"""The :class:`Store`: one engine, its dialect, and transactions for reads and writes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, exc, text
+from sqlalchemy.engine import make_url
+
+from durable_jobs.engine.errors import StoreUnavailableError
+from durable_jobs.store.dialects import Dialect, for_engine
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """Connection pool settings (SQLAlchemy QueuePool)."""
+
+    size: int = 5
+    max_overflow: int = 10
+    recycle: float = 3600.0
+    timeout: float = 30.0
+
+
+DEFAULT_POOL = PoolConfig()
+HIGH_CONCURRENCY_POOL = PoolConfig(size=20, max_overflow=40, recycle=1800.0, timeout=30.0)
+LOW_LATENCY_POOL = PoolConfig(size=10, max_overflow=5, recycle=3600.0, timeout=5.0)
+RESOURCE_CONSTRAINED_POOL = PoolConfig(size=2, max_overflow=2, recycle=600.0, timeout=60.0)
+
+
+def _first_line(error: BaseException) -> str:
+    orig = getattr(error, "orig", None) or error
+    lines = [line for line in str(orig).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(orig).__name__
+
+
+class Store:
+    """Where jobs live: a SQLAlchemy URL (or Engine) for SQLite or PostgreSQL.
+
+    The engine is created on first use, so a Store can be built (and pickled to actors)
+    without touching the database.
+    """
+
+    def __init__(self, url: str | Engine, pool: PoolConfig | None = None) -> None:
+        self._pool = pool or DEFAULT_POOL
+        self._engine: Engine | None = None
+        self._dialect: Dialect | None = None
+        self._pid = os.getpid()
+        if isinstance(url, Engine):
+            self._engine = url
+            self.url = url.url.render_as_string(hide_password=False)
+            self._dialect = for_engine(url)
+            self._dialect.configure(url)
+        else:
+            try:
+                parsed = make_url(url)
+            except exc.ArgumentError as error:
+                raise StoreUnavailableError(f"invalid database URL {url!r}: {error}") from None
+            if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+                raise StoreUnavailableError(
+                    f"unsupported database {parsed.get_backend_name()!r}: use sqlite:/// or "
+                    "postgresql+psycopg://"
+                )
+            self.url = url
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Store, (self.url, self._pool))
+
+    def __repr__(self) -> str:
+        return f"Store({make_url(self.url).render_as_string(hide_password=True)!r})"
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None or self._pid != os.getpid():
+            self._engine = self._create_engine()
+            self._pid = os.getpid()
+        return self._engine
+
+    @property
+    def dialect(self) -> Dialect:
+        self.engine  # noqa: B018 - creates the dialect
+        assert self._dialect is not None
+        return self._dialect
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect.name == "sqlite"
+
+    def _create_engine(self) -> Engine:
+        url = make_url(self.url)
+        if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("", "psycopg2"):
+            url = url.set(drivername="postgresql+psycopg")
+        pool = self._pool
+        engine = create_engine(
+            url,
+            pool_size=pool.size,
+            max_overflow=pool.max_overflow,
+            pool_recycle=pool.recycle,
+            pool_timeout=pool.timeout,
+            pool_pre_ping=url.get_backend_name() == "postgresql",
+        )
+        self._dialect = for_engine(engine)
+        self._dialect.configure(engine)
+        return engine
+
+    @contextmanager
+    def _connect(self, read: bool) -> Iterator[Connection]:
+        try:
+            conn = self.engine.connect()
+        except exc.DBAPIError as error:
+            raise StoreUnavailableError(
+                f"cannot connect to {self!r}: {_first_line(error)}"
+            ) from None
+        if read:
+            conn = conn.execution_options(durable_read=True)
+        with conn:
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction (``BEGIN IMMEDIATE`` on SQLite); commits on success."""
+        with self._connect(read=False) as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction."""
+        with self._connect(read=True) as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def using(self, connection: Connection | None) -> Iterator[Connection]:
+        """The caller's connection (their transaction) if given, else a write transaction."""
+        if connection is not None:
+            yield connection
+        else:
+            with self.write() as conn:
+                yield conn
+
+    def now(self, conn: Connection) -> float:
+        """The database clock, in epoch seconds."""
+        return float(conn.execute(text(f"SELECT {self.dialect.now_sql}")).scalar_one())
+
+    def migrate(self) -> int:
+        """Bring the schema up to date; idempotent and safe from many processes at once."""
+        from durable_jobs.store.migrations import migrate
+
+        return migrate(self)
+
+    def dispose(self) -> None:
+        """Close pooled connections."""
+        if self._engine is not None:
+            self._engine.dispose()
