@@ -6,6 +6,8 @@ way, the database clock is one expression per dialect, and no driver converts ti
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     Boolean,
     Column,
