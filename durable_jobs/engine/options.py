@@ -45,13 +45,13 @@ def encode_json(value: Any, what: str = "args") -> str:
     try:
         text = json.dumps(value, default=_json_default, separators=(",", ":"), allow_nan=False)
     except ValueError as exc:  # NaN / Infinity, circular references
-        raise TypeError(f"{what} are not valid JSON: {exc}") from None
+        raise TypeError(f"{what}: not valid JSON: {exc}") from None
     except TypeError as exc:
-        raise TypeError(f"{what} are not JSON serialisable: {exc}") from None
+        raise TypeError(f"{what}: {exc}") from None
     size = len(text.encode())
     if size > MAX_PAYLOAD:
         raise PayloadTooLargeError(
-            f"{what} are {size} bytes once encoded; the limit is {MAX_PAYLOAD}")
+            f"{what}: {size} bytes once encoded, over the 1 MiB limit ({MAX_PAYLOAD} bytes)")
     return text
 
 

@@ -160,3 +160,27 @@ def reclaim_expired(conn: Connection, dialect: Dialect, now: float,
         conn.execute(FAIL, by_kind[Fail])
     _after_terminal(conn, dialect, items, now)
     return items
+
+
+def save_checkpoints(conn: Connection, owner: str, rows: list[dict[str, Any]]) -> set[str]:
+    """Store step rows for jobs whose lease we still hold; returns the job ids accepted."""
+    if not rows:
+        return set()
+    owned = _owned(conn, owner, sorted({row["job_id"] for row in rows}))
+    accepted = [row for row in rows if row["job_id"] in owned]
+    from durable_jobs.store.jobs import save_steps
+
+    save_steps(conn, accepted)
+    return {row["job_id"] for row in accepted}
+
+
+def release_owned(conn: Connection, owner: str, ids: list[str]) -> int:
+    """Release jobs we claimed but will not run (prefetched at shutdown or pause)."""
+    if not ids:
+        return 0
+    return int(conn.execute(
+        update(jobs).where(jobs.c.id.in_(ids), jobs.c.lease_owner == owner,
+                           jobs.c.status == "running")
+        .values(status="pending", attempt=jobs.c.attempt - 1, lease_owner=None,
+                lease_expires_at=None)
+    ).rowcount)

@@ -21,7 +21,7 @@ NOW = "extract(epoch from clock_timestamp())::float8"
 CLAIM = claim_text(
     """
     WITH picked AS (
-        SELECT id FROM jobs
+        SELECT id AS picked_id FROM jobs  -- aliased: RETURNING id must be unambiguous
         WHERE status = 'pending' AND queue = :queue AND run_at <= {now}
           AND name IN :names
           AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = :queue AND q.paused)
@@ -31,7 +31,7 @@ CLAIM = claim_text(
     )
     UPDATE jobs SET status = 'running', attempt = jobs.attempt + 1, lease_owner = :owner,
         lease_expires_at = {now} + :lease, started_at = {now}
-    FROM picked WHERE jobs.id = picked.id
+    FROM picked WHERE jobs.id = picked.picked_id
     RETURNING {returning}
     """,
     NOW,
@@ -88,3 +88,30 @@ class PostgreSQLDialect:
 
     def notify(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_notify(:c, '')"), {"c": CHANNEL})
+
+    def listener(self, engine: Engine) -> NotifyListener:
+        return NotifyListener(engine)
+
+
+class NotifyListener:
+    """A dedicated autocommit psycopg connection that LISTENs; its socket goes in the poller."""
+
+    def __init__(self, engine: Engine) -> None:
+        import psycopg
+
+        url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._conn = psycopg.connect(url, autocommit=True)
+        self._conn.execute(f"LISTEN {CHANNEL}")
+        self.fileno: int | None = self._conn.fileno()
+
+    def changed(self) -> bool:
+        """Drain pending notifications; True if any arrived."""
+        pgconn = self._conn.pgconn
+        pgconn.consume_input()
+        got = False
+        while pgconn.notifies() is not None:
+            got = True
+        return got
+
+    def close(self) -> None:
+        self._conn.close()

@@ -17,6 +17,10 @@ from durable_jobs.store.schema import NON_TERMINAL_SQL, jobs
 
 BUSY_TIMEOUT_MS = 30_000
 NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+# SQLite's clock has millisecond resolution (plus ~50 us of julianday rounding), while
+# producers stamp run_at with time.time(): without this slack a job enqueued in the same
+# millisecond as a claim is invisible to it (and waits a whole poll interval).
+CLOCK_SLACK = 0.002
 
 CLAIM = claim_text(
     """
@@ -24,14 +28,14 @@ CLAIM = claim_text(
         lease_expires_at = {now} + :lease, started_at = {now}
     WHERE id IN (
         SELECT id FROM jobs
-        WHERE status = 'pending' AND queue = :queue AND run_at <= {now}
+        WHERE status = 'pending' AND queue = :queue AND run_at <= {now} + {slack}
           AND name IN :names
           AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = :queue AND q.paused)
         ORDER BY priority DESC, run_at, id
         LIMIT :limit
     )
     RETURNING {returning}
-    """,
+    """.replace("{slack}", repr(CLOCK_SLACK)),
     NOW,
 )
 BULK_INSERT = (
@@ -98,4 +102,40 @@ class SQLiteDialect:
     def notify(self, conn: Connection) -> None:
         """SQLite supervisors watch ``PRAGMA data_version`` instead."""
 
+    def listener(self, engine: Engine) -> DataVersionListener:
+        return DataVersionListener(engine)
 
+
+
+
+class DataVersionListener:
+    """Wake-ups on SQLite: ``PRAGMA data_version`` changes when another connection commits.
+
+    It has no file descriptor; the supervisor checks it on a short poll (a few ms), which
+    costs one in-memory pragma per check.
+    """
+
+    fileno: int | None = None
+
+    def __init__(self, engine: Engine) -> None:
+        self._conn = engine.raw_connection()
+        self._version = self._read()
+
+    def _read(self) -> int:
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute("PRAGMA data_version")
+            row = cursor.fetchone()
+            return int(row[0]) if row else 0
+        finally:
+            cursor.close()
+
+    def changed(self) -> bool:
+        version = self._read()
+        if version != self._version:
+            self._version = version
+            return True
+        return False
+
+    def close(self) -> None:
+        self._conn.close()

@@ -1,0 +1,101 @@
+"""The supervisor's periodic duties, each a ``run_once`` object on its own interval.
+
+* leases: renew the leases of running and prefetched jobs in one UPDATE; any job we thought
+  we held but no longer do was cancelled or paused elsewhere, so its actor is killed;
+  beat the supervisors row and read its paused flag (an operator may set it from elsewhere).
+* reaper: reclaim expired leases of dead supervisors, expire fan-outs past their deadline.
+* scheduler: fire due schedule ticks (only with ``scheduler=True``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from durable_jobs.engine.job import PauseMode
+from durable_jobs.store import leases
+from durable_jobs.store import supervisors as supervisor_rows
+from durable_jobs.supervisor.reaper import Reaper
+from durable_jobs.supervisor.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from durable_jobs.supervisor.supervisor import Supervisor
+
+log = logging.getLogger("durable_jobs.supervisor")
+
+
+class LeaseKeeper:
+    """``run_once(now)``: renew our leases, report lost ones, beat our row."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def run_once(self, now: float) -> dict[str, int]:
+        sup = self.supervisor
+        store = sup.store
+        running = [a.job.job_id for a in sup.pool.actors.values() if a.job is not None]
+        held = running + sup.dispatcher.buffered_ids()
+        with store.write() as conn:
+            kept = leases.renew(conn, store.dialect, sup.id, held, sup.options.lease_timeout)
+            paused, mode = supervisor_rows.beat(conn, store.dialect, sup.id)
+        lost = set(held) - kept
+        if lost:
+            sup.lease_lost(lost)
+        self._follow_row(paused, mode)
+        return {"renewed": len(kept), "lost": len(lost)}
+
+    def _follow_row(self, paused: bool, mode: str | None) -> None:
+        """Apply a pause flag that someone else set on our row."""
+        sup = self.supervisor
+        if paused and sup.paused is None:
+            sup.pause(PauseMode(mode or "graceful"))
+        elif not paused and sup.paused is not None:
+            sup.resume()
+
+
+class Duties:
+    """Runs each duty when it is due; ``next_due`` feeds the loop's wait."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        opts = supervisor.options
+        self.supervisor = supervisor
+        self.leases = LeaseKeeper(supervisor)
+        self.reaper = Reaper(supervisor.store)
+        self.scheduler = Scheduler(supervisor.store, supervisor.queue.registry,
+                                   supervisor.queue.schedules) if opts.scheduler else None
+        self.intervals = {
+            "leases": min(1.0, opts.lease_timeout / 3),
+            "reaper": min(1.0, opts.lease_timeout / 3),
+            "scheduler": 0.5,
+        }
+        self.due = dict.fromkeys(self.intervals, 0.0)
+        self.next_due = 0.0
+
+    def start(self, now: float, wall: float) -> None:
+        if self.scheduler is not None:
+            self.scheduler.ensure(wall)
+
+    def run_due(self, now: float, wall: float) -> None:
+        for name, interval in self.intervals.items():
+            if now < self.due[name]:
+                continue
+            self.due[name] = now + interval  # a failing duty waits its interval, too
+            self.next_due = min(self.due.values())
+            self._run(name, wall)
+        self.next_due = min(self.due.values())
+
+    def _run(self, name: str, wall: float) -> None:
+        if name == "leases":
+            self.leases.run_once(wall)
+        elif name == "reaper":
+            counts = self.reaper.run_once(wall)
+            if counts.reclaimed or counts.fan_outs_expired:
+                self.supervisor.wake.notified = True
+        elif name == "scheduler" and self.scheduler is not None:
+            if self.scheduler.run_once(wall).fired:
+                self.supervisor.wake.notified = True
+
+    def store_paused(self, paused: bool, mode: str | None) -> None:
+        sup = self.supervisor
+        with sup.store.write() as conn:
+            supervisor_rows.set_paused(conn, sup.id, paused, mode)

@@ -1,0 +1,201 @@
+"""Actor processes per queue: spawn, watch (pidfd sentinels), kill, restart, recycle.
+
+Each actor is ``python -m durable_jobs.actors`` (a fresh interpreter, never a fork of a
+process holding a ZeroMQ context). Its exit is seen at once: a pidfd per actor sits in the
+supervisor's poller. Explicit states: STARTING (spawned, not yet booted), IDLE, BUSY,
+STOPPING (asked or forced to exit).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("durable_jobs.supervisor")
+
+BOOT_GIVE_UP = 5  # consecutive boot failures of a queue's actors before giving up
+TERM_GRACE = 1.0  # SIGTERM -> SIGKILL
+
+
+class BootError(RuntimeError):
+    """Actors keep dying before they can load their handlers."""
+
+
+class ActorState(enum.Enum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    STOPPING = "stopping"
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    concurrency: int
+    max_jobs_per_actor: int | None = None
+    max_memory_mb: int | None = None
+
+
+@dataclass
+class Running:
+    """A job on an actor (or claimed and waiting for one)."""
+
+    job_id: str
+    name: str
+    queue: str
+    args: str
+    attempt: int
+    max_attempts: int
+    max_backoff: float
+    timeout: float | None
+    fan_out_id: str | None
+    checkpoints: int
+    started: float = 0.0  # monotonic, when dispatched
+    deadline: float | None = None  # monotonic hard limit
+    row: Any = None
+
+
+@dataclass
+class Actor:
+    id: str
+    queue: str
+    proc: subprocess.Popen[bytes]
+    pidfd: int
+    state: ActorState = ActorState.STARTING
+    job: Running | None = None
+    jobs_done: int = 0
+    last_seen: float = field(default_factory=time.monotonic)
+    kill_at: float | None = None  # monotonic: SIGKILL if still alive then
+    stop_reason: str | None = None
+
+
+class Pool:
+    """All actors of one supervisor."""
+
+    def __init__(self, endpoint: str, heartbeat_interval: float,
+                 queues: dict[str, QueueSettings]) -> None:
+        self.endpoint = endpoint
+        self.heartbeat_interval = heartbeat_interval
+        self.queues = queues
+        self.actors: dict[str, Actor] = {}
+        self.by_pidfd: dict[int, Actor] = {}
+        self.boot_failures: dict[str, int] = dict.fromkeys(queues, 0)
+        self.respawn_at: dict[str, float] = dict.fromkeys(queues, 0.0)
+        self._counter = 0
+        self.last_boot_error: str = ""
+
+    def spawn(self, queue: str) -> Actor:
+        self._counter += 1
+        actor_id = f"{queue}-{self._counter}"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "durable_jobs.actors", "--endpoint", self.endpoint,
+             "--actor-id", actor_id, "--supervisor-pid", str(os.getpid()),
+             "--heartbeat", str(self.heartbeat_interval)],
+            stdin=subprocess.DEVNULL, close_fds=True,
+        )
+        actor = Actor(actor_id, queue, proc, os.pidfd_open(proc.pid))
+        self.actors[actor_id] = actor
+        self.by_pidfd[actor.pidfd] = actor
+        return actor
+
+    def missing(self, queue: str) -> int:
+        """How many actors the queue lacks (stopping ones do not count)."""
+        live = sum(1 for a in self.actors.values()
+                   if a.queue == queue and a.state is not ActorState.STOPPING)
+        return self.queues[queue].concurrency - live
+
+    def fill(self, now: float) -> list[Actor]:
+        """Spawn actors where a queue lacks them and its boot back-off allows."""
+        spawned = []
+        for queue in self.queues:
+            if now < self.respawn_at[queue]:
+                continue
+            for _ in range(self.missing(queue)):
+                spawned.append(self.spawn(queue))
+        return spawned
+
+    def idle(self, queue: str) -> list[Actor]:
+        return [a for a in self.actors.values() if a.queue == queue and a.state is ActorState.IDLE]
+
+    def busy(self) -> list[Actor]:
+        return [a for a in self.actors.values() if a.job is not None]
+
+    def booted(self, actor: Actor) -> None:
+        actor.state = ActorState.IDLE
+        self.boot_failures[actor.queue] = 0
+
+    def stop(self, actor: Actor, reason: str, force: bool = False) -> None:
+        """SIGTERM now (SIGKILL after a short grace), or SIGKILL at once with ``force``."""
+        actor.state = ActorState.STOPPING
+        actor.stop_reason = actor.stop_reason or reason
+        sig = signal.SIGKILL if force else signal.SIGTERM
+        try:
+            os.kill(actor.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        actor.kill_at = time.monotonic() + (0 if force else TERM_GRACE)
+
+    def enforce_kills(self, now: float) -> None:
+        """SIGKILL actors whose SIGTERM grace ran out."""
+        for actor in self.actors.values():
+            if actor.kill_at is not None and now >= actor.kill_at:
+                try:
+                    os.kill(actor.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                actor.kill_at = None
+
+    def reap(self, pidfd: int) -> tuple[Actor, int] | None:
+        """The actor behind a readable pidfd has exited: forget it; returns its exit code."""
+        actor = self.by_pidfd.pop(pidfd, None)
+        if actor is None:
+            return None
+        code = actor.proc.wait()
+        os.close(pidfd)
+        self.actors.pop(actor.id, None)
+        if actor.state is ActorState.STARTING:
+            self._boot_failed(actor.queue)
+        return actor, code
+
+    def _boot_failed(self, queue: str) -> None:
+        self.boot_failures[queue] += 1
+        failures = self.boot_failures[queue]
+        if failures >= BOOT_GIVE_UP:
+            raise BootError(
+                f"actors of queue {queue!r} died {failures} times in a row before loading "
+                f"their handlers; giving up. Last error:\n{self.last_boot_error or '(none)'}")
+        self.respawn_at[queue] = time.monotonic() + 0.1 * 2 ** failures
+
+    def close(self, timeout: float) -> None:
+        """Kill whatever is left and wait for it."""
+        for actor in list(self.actors.values()):
+            try:
+                os.kill(actor.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        for actor in list(self.actors.values()):
+            try:
+                actor.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                log.error("actor %s (pid %s) did not exit", actor.id, actor.proc.pid)
+            os.close(actor.pidfd)
+        self.actors.clear()
+        self.by_pidfd.clear()
+
+
+def exit_description(code: int) -> str:
+    """``"actor exited with signal 9"`` or ``"actor exited with code 3"``."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        return f"actor exited with signal {-code} ({name})"
+    return f"actor exited with code {code}"

@@ -1,0 +1,563 @@
+"""The supervisor: one process (or thread) that owns the database writes for its actors.
+
+Its loop is a fixed list of duties (STYLE.md rule 4): act on signals and commands, reap
+exited actors, keep the pool full, read actor messages, enforce hard timeouts, flush writes
+and claims in one transaction, dispatch leases, run periodic duties, wait for the next
+deadline. Business rules live below it: ``decide`` (engine), the store, the pool.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+import zmq
+
+from durable_jobs import protocol as p
+from durable_jobs.engine import events as ev
+from durable_jobs.engine.errors import DurableJobsError, JobError, ProtocolError
+from durable_jobs.engine.job import PauseMode
+from durable_jobs.engine.outcomes import Attempted, Complete, Failed, Succeeded, decide
+from durable_jobs.engine.queue import Queue
+from durable_jobs.store import supervisors as supervisor_rows
+from durable_jobs.store.leases import Release
+from durable_jobs.store.store import Store
+from durable_jobs.supervisor.dispatch import Dispatcher, Flushed
+from durable_jobs.supervisor.duties import Duties
+from durable_jobs.supervisor.hooks import Hooks
+from durable_jobs.supervisor.pool import (
+    Actor,
+    ActorState,
+    Pool,
+    QueueSettings,
+    Running,
+    exit_description,
+)
+from durable_jobs.supervisor.signals import SignalTable, Wakeup
+
+log = logging.getLogger("durable_jobs.supervisor")
+
+BOOT_TIMEOUT = 60.0
+FLUSH_INTERVAL = 0.002
+SQLITE_POLL = 0.005
+
+
+class Phase(enum.Enum):
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class SupervisorOptions:
+    """How a supervisor runs; ``durable-supervisor`` builds this from jobs.toml."""
+
+    queues: dict[str, QueueSettings]
+    poll_interval: float = 0.5
+    heartbeat_interval: float = 1.0
+    lease_timeout: float = 30.0
+    scheduler: bool = False
+    pause_mode: str = "graceful"
+    shutdown_timeout: float = 30.0
+    prefetch: int = 0
+    flush_interval: float = FLUSH_INTERVAL
+
+
+@dataclass
+class Wake:
+    """What woke the loop, for the next turn to act on."""
+
+    exited: list[int] = field(default_factory=list)
+    notified: bool = False
+
+
+class Supervisor:
+    """Claims jobs under leases and runs them on a pool of actor processes."""
+
+    def __init__(self, queue: Queue, options: SupervisorOptions, store: Store | None = None):
+        if not options.queues:
+            raise DurableJobsError("a worker needs at least one queue")
+        self.queue = queue
+        self.options = options
+        self.store = store or queue.store
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.phase = Phase.RUNNING
+        self.paused: PauseMode | None = None
+        self.wakeup = Wakeup()
+        self.signals = SignalTable(self.wakeup)
+        self.commands: collections.deque[tuple[str, Any]] = collections.deque()
+        self.hooks = Hooks(queue)
+        self.wake = Wake()
+        self.next_poll = 0.0
+        self.hot: set[str] = set()
+        self.drain_deadline = 0.0
+        self.started = threading.Event()
+        self.error: BaseException | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def open(self, install_signals: bool) -> None:
+        """Bind the socket, register, start actors; the loop can run after this."""
+        self.store.migrate()
+        self.run_dir = tempfile.mkdtemp(prefix="durable-jobs-")
+        os.chmod(self.run_dir, 0o700)
+        self.endpoint = f"ipc://{self.run_dir}/supervisor.sock"
+        self.context = zmq.Context()
+        self.router = self.context.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.router.bind(self.endpoint)
+        self.init = self._init_message()
+        self.pool = Pool(self.endpoint, self.options.heartbeat_interval, self.options.queues)
+        self.dispatcher = Dispatcher(self.store, self.id, self.queue.registry,
+                                     self.options.lease_timeout, self.options.prefetch,
+                                     list(self.options.queues))
+        self.duties = Duties(self)
+        self.listener = self.store.dialect.listener(self.store.engine)
+        self.poller = zmq.Poller()
+        self.poller.register(self.router, zmq.POLLIN)
+        self.poller.register(self.wakeup.read_fd, zmq.POLLIN)
+        if self.listener.fileno is not None:
+            self.poller.register(self.listener.fileno, zmq.POLLIN)
+        if install_signals:
+            self.signals.install()
+        with self.store.write() as conn:
+            supervisor_rows.register(conn, self.store.dialect, self.id, socket.gethostname(),
+                                     os.getpid(), {q: s.concurrency for q, s in
+                                                   self.options.queues.items()})
+        self.duties.start(time.monotonic(), time.time())
+        log.info("supervisor %s started: queues %s", self.id,
+                 {q: s.concurrency for q, s in self.options.queues.items()})
+
+    def _init_message(self) -> p.Init:
+        import sys
+
+        try:
+            blob = cloudpickle.dumps(self.queue.registry)
+        except Exception as exc:  # noqa: BLE001 - name the unpicklable handler
+            raise DurableJobsError(f"cannot send the handlers to actors: {exc}") from exc
+        return p.Init(tuple(sys.path), blob, self.options.heartbeat_interval)
+
+    def run(self, install_signals: bool = True) -> None:
+        """Run until stopped (SIGTERM/SIGINT, ``stop()``); blocks."""
+        try:
+            self.open(install_signals)
+            self.started.set()
+            while self.phase is not Phase.STOPPED:
+                self.turn()
+        except BaseException as exc:
+            self.error = exc
+            raise
+        finally:
+            self.started.set()
+            self.close()
+
+    def turn(self) -> None:
+        """One loop iteration; an unexpected error is logged and the loop goes on."""
+        try:
+            self.tick()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            from durable_jobs.supervisor.pool import BootError
+
+            if isinstance(exc, BootError):
+                raise
+            log.exception("supervisor loop iteration failed; retrying")
+            time.sleep(min(self.options.poll_interval, 0.5))
+
+    def close(self) -> None:
+        signals = getattr(self, "signals", None)
+        if signals is not None:
+            signals.restore()
+        if hasattr(self, "pool"):
+            self.pool.close(timeout=5.0)
+        if hasattr(self, "listener"):
+            self.listener.close()
+        if hasattr(self, "router"):
+            self.router.close(0)
+            self.context.term()
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        try:
+            with self.store.write() as conn:
+                supervisor_rows.remove(conn, self.id)
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            log.warning("could not remove supervisor row %s", self.id)
+        self.phase = Phase.STOPPED
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        self.handle_signals()
+        self.reap_exited()
+        self.keep_pool(now)
+        self.read_messages(now)
+        self.enforce_limits(now)
+        self.flush(now)
+        self.dispatch(now)
+        self.duties.run_due(now, time.time())
+        self.check_drained(now)
+        self.wait(now)
+
+    def handle_signals(self) -> None:
+        import signal
+
+        for signum in self.signals.take():
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self.commands.append(("stop", self.options.shutdown_timeout))
+            elif signum == signal.SIGUSR1:
+                self.commands.append(("pause", PauseMode(self.options.pause_mode)))
+            elif signum == signal.SIGUSR2:
+                self.commands.append(("resume", None))
+        while self.commands:
+            command, arg = self.commands.popleft()
+            if command == "stop":
+                self.begin_drain(arg)
+            elif command == "pause":
+                self.pause(arg)
+            elif command == "resume":
+                self.resume()
+
+    def reap_exited(self) -> None:
+        exited, self.wake.exited = self.wake.exited, []
+        for pidfd in exited:
+            self.poller.unregister(pidfd)
+            reaped = self.pool.reap(pidfd)
+            if reaped is not None:
+                self.on_actor_exit(*reaped)
+
+    def keep_pool(self, now: float) -> None:
+        self.pool.enforce_kills(now)
+        if self.phase is Phase.RUNNING:
+            for actor in self.pool.fill(now):
+                self.poller.register(actor.pidfd, zmq.POLLIN)
+
+    def read_messages(self, now: float) -> None:
+        router = self.router
+        while True:
+            try:
+                identity, data = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:
+                log.error("dropped a malformed multipart message")
+                continue
+            self.on_message(identity.decode(errors="replace"), data, now)
+
+    def enforce_limits(self, now: float) -> None:
+        silent_after = 3 * self.options.heartbeat_interval
+        for actor in list(self.pool.actors.values()):
+            job = actor.job
+            if job is not None and job.deadline is not None and now >= job.deadline:
+                self.fail_running(actor, JobError(
+                    "TimeoutError", f"job exceeded its timeout of {job.timeout:g} s; "
+                    "its actor was killed"), retry_now=False)
+                self.pool.stop(actor, "timeout")
+            elif actor.state in (ActorState.IDLE, ActorState.BUSY) and \
+                    now - actor.last_seen > silent_after:
+                log.error("actor %s silent for %.1f s; killing it", actor.id,
+                          now - actor.last_seen)
+                self.pool.stop(actor, "silent", force=True)
+            elif actor.state is ActorState.STARTING and now - actor.last_seen > BOOT_TIMEOUT:
+                log.error("actor %s did not boot within %s s; killing it", actor.id,
+                          BOOT_TIMEOUT)
+                self.pool.stop(actor, "boot timeout", force=True)
+
+    def flush(self, now: float) -> None:
+        d = self.dispatcher
+        self._plan_claims(now)
+        due = bool(d.checkpoints or d.suspends or any(d.want.values())) or (
+            d.first_write_at is not None and
+            (now - d.first_write_at >= self.options.flush_interval or len(d.writes) >= 256
+             or self.phase is not Phase.RUNNING))
+        if not due:
+            return
+        flushed = d.flush(time.time())
+        self.after_flush(flushed)
+
+    def _plan_claims(self, now: float) -> None:
+        d = self.dispatcher
+        claiming = self.phase is Phase.RUNNING and self.paused is None
+        poll_due = now >= self.next_poll
+        woke = self.wake.notified or poll_due
+        for queue in self.options.queues:
+            idle = len(self.pool.idle(queue))
+            buffered = len(d.ready[queue])
+            want = idle + self.options.prefetch - buffered
+            starving = idle > buffered
+            refill = buffered <= self.options.prefetch // 2
+            if claiming and want > 0 and (woke or queue in self.hot) and (starving or refill):
+                d.want[queue] = want
+        if poll_due:
+            self.next_poll = now + self.options.poll_interval
+        self.wake.notified = False
+
+    def after_flush(self, flushed: Flushed) -> None:
+        for job_id, position, ok in flushed.acks:
+            actor = self._actor_running(job_id)
+            if actor is not None:
+                self.send(actor.id, p.CheckpointAck(job_id, position, ok))
+                if ok and self.hooks.bus.active:
+                    self.hooks.publish(ev.CheckpointSaved(job_id, actor.job.name,  # type: ignore[union-attr]
+                                                          actor.queue, position=position))
+        for queue, count in flushed.claimed.items():
+            # A full batch means more jobs are likely waiting: claim again without a wake-up.
+            if count and count >= flushed.requested[queue]:
+                self.hot.add(queue)
+            else:
+                self.hot.discard(queue)
+        for job, _spec, ok in flushed.suspended:
+            if not ok:
+                log.warning("fan-out of job %s dropped: its lease was lost", job.job_id)
+        for row, write in flushed.applied:
+            self.hooks.written(row, write)
+
+    def dispatch(self, now: float) -> None:
+        if self.phase is not Phase.RUNNING or self.paused is not None:
+            return
+        for queue, ready in self.dispatcher.ready.items():
+            if not ready:
+                continue
+            for actor in self.pool.idle(queue):
+                if not ready:
+                    break
+                item = ready.popleft()
+                job = item.job
+                job.started = now
+                job.deadline = now + job.timeout if job.timeout else None
+                actor.job, actor.state = job, ActorState.BUSY
+                self.send(actor.id, p.Lease(job.job_id, job.name, job.queue, job.args,
+                                            job.attempt, job.max_attempts, item.steps))
+                self.hooks.started(job.row)
+
+    def check_drained(self, now: float) -> None:
+        if self.phase is not Phase.DRAINING:
+            return
+        busy = self.pool.busy()
+        if busy and now < self.drain_deadline:
+            return
+        for actor in busy:
+            self.release_running(actor, "shutdown timeout")
+        if self.dispatcher.pending_writes:
+            self.after_flush(self.dispatcher.flush(time.time()))
+        for actor in list(self.pool.actors.values()):
+            if actor.state is not ActorState.STOPPING:
+                self.send(actor.id, p.Stop())
+                actor.state = ActorState.STOPPING
+        log.info("supervisor %s stopped", self.id)
+        self.phase = Phase.STOPPED
+
+    def wait(self, now: float) -> None:
+        if self.phase is Phase.STOPPED:
+            return
+        timeout = max(0.0, self._next_deadline(now) - time.monotonic())
+        events = self.poller.poll(int(timeout * 1000) + (1 if timeout > 0 else 0))
+        for target, _ in events:
+            if target is self.router:
+                continue
+            if target == self.wakeup.read_fd:
+                self.wakeup.drain()
+            elif target == self.listener.fileno:
+                self.wake.notified |= self.listener.changed()
+            elif target in self.pool.by_pidfd:
+                self.wake.exited.append(target)
+        if self.listener.fileno is None and self._idle_actors() and self.listener.changed():
+            self.wake.notified = True
+
+    def _next_deadline(self, now: float) -> float:
+        deadlines = [self.next_poll, self.duties.next_due]
+        d = self.dispatcher
+        if d.first_write_at is not None:
+            deadlines.append(d.first_write_at + self.options.flush_interval)
+        for actor in self.pool.actors.values():
+            if actor.job is not None and actor.job.deadline is not None:
+                deadlines.append(actor.job.deadline)
+            if actor.kill_at is not None:
+                deadlines.append(actor.kill_at)
+        if self.listener.fileno is None and self._idle_actors():
+            deadlines.append(now + SQLITE_POLL)
+        if self.phase is Phase.DRAINING:
+            deadlines.append(min(self.drain_deadline, now + 0.05))
+        return min(deadlines)
+
+    def _idle_actors(self) -> bool:
+        return self.phase is Phase.RUNNING and self.paused is None and any(
+            a.state is ActorState.IDLE for a in self.pool.actors.values())
+
+    # -- messages ------------------------------------------------------------------------
+
+    def send(self, actor_id: str, message: Any) -> None:
+        try:
+            self.router.send_multipart([actor_id.encode(), p.encode(message)], copy=False)
+        except zmq.ZMQError as exc:
+            log.warning("could not send to actor %s: %s", actor_id, exc)
+
+    def on_message(self, identity: str, data: bytes, now: float) -> None:
+        try:
+            message = p.decode(data)
+        except ProtocolError as exc:
+            log.error("dropped a corrupt message from %r: %s", identity, exc)
+            return
+        if identity.endswith(".hb"):
+            actor = self.pool.actors.get(identity[:-3])
+            if actor is not None:
+                actor.last_seen = now
+            self.send(identity, p.Ping())
+            return
+        actor = self.pool.actors.get(identity)
+        if actor is None:
+            log.warning("message from unknown actor %r dropped", identity)
+            return
+        actor.last_seen = now
+        self._route(actor, message, now)
+
+    def _route(self, actor: Actor, message: Any, now: float) -> None:
+        match message:
+            case p.Outcome():
+                self.on_outcome(actor, message)
+            case p.Checkpoint():
+                if actor.job is not None and actor.job.job_id == message.job_id:
+                    self.dispatcher.add_checkpoint(message)
+            case p.Event(job_id=job_id, kind=kind, data=data):
+                self.hooks.custom(job_id, kind, data)
+            case p.Ready():
+                self.send(actor.id, self.init)
+            case p.Booted():
+                if actor.state is ActorState.STARTING:
+                    self.pool.booted(actor)
+            case p.BootFailed(error=error):
+                self.pool.last_boot_error = error
+                log.error("actor %s could not load the handlers:\n%s", actor.id, error)
+            case _:
+                log.warning("unexpected %s from actor %s", type(message).__name__, actor.id)
+
+    def on_outcome(self, actor: Actor, outcome: p.Outcome) -> None:
+        job = actor.job
+        if job is None or job.job_id != outcome.job_id:
+            return  # stale: the job was timed out, cancelled or released meanwhile
+        actor.job = None
+        actor.jobs_done += 1
+        if actor.state is ActorState.BUSY:
+            actor.state = ActorState.IDLE
+        if outcome.kind == "completed":
+            self.dispatcher.add_write(job.job_id, Complete(outcome.result or "null"))
+        elif outcome.kind == "suspended" and outcome.fan_out is not None:
+            self.dispatcher.add_suspend(job, outcome.fan_out)
+        else:
+            error = outcome.error or JobError("Error", "the handler failed")
+            failed = Failed(error, outcome.no_retry, outcome.retry_after)
+            self.dispatcher.add_write(job.job_id, self._decide(job, failed))
+        self._maybe_recycle(actor, outcome.rss_mb)
+
+    def _decide(self, job: Running, failed: Failed) -> Any:
+        return decide(Attempted(job.attempt, job.max_attempts, job.max_backoff), failed,
+                      time.time())
+
+    def _maybe_recycle(self, actor: Actor, rss_mb: float) -> None:
+        settings = self.options.queues[actor.queue]
+        reason = None
+        if settings.max_jobs_per_actor and actor.jobs_done >= settings.max_jobs_per_actor:
+            reason = f"served {actor.jobs_done} jobs"
+        elif settings.max_memory_mb and rss_mb > settings.max_memory_mb:
+            reason = f"uses {rss_mb:.0f} MiB > max_memory_mb {settings.max_memory_mb}"
+        if reason is not None and actor.state is ActorState.IDLE:
+            log.info("recycling actor %s: %s", actor.id, reason)
+            self.send(actor.id, p.Stop())
+            actor.state = ActorState.STOPPING
+            actor.stop_reason = "recycle"
+            actor.kill_at = time.monotonic() + 5.0
+
+    def _actor_running(self, job_id: str) -> Actor | None:
+        for actor in self.pool.actors.values():
+            if actor.job is not None and actor.job.job_id == job_id:
+                return actor
+        return None
+
+    # -- failures, pause, drain ------------------------------------------------------------
+
+    def on_actor_exit(self, actor: Actor, code: int) -> None:
+        if actor.job is not None:
+            description = exit_description(code)
+            log.error("actor %s running job %s died: %s", actor.id, actor.job.job_id,
+                      description)
+            self.fail_running(actor, JobError("ActorExited", description), retry_now=True)
+        elif actor.stop_reason is None and self.phase is Phase.RUNNING:
+            log.warning("actor %s exited (%s)", actor.id, exit_description(code))
+
+    def fail_running(self, actor: Actor, error: JobError, retry_now: bool) -> None:
+        """Record a failed attempt for the actor's job (crash, timeout); frees the actor."""
+        job = actor.job
+        assert job is not None
+        actor.job = None
+        failed = Failed(error, retry_after=0.0 if retry_now else None)
+        self.dispatcher.add_write(job.job_id, self._decide(job, failed))
+
+    def release_running(self, actor: Actor, reason: str) -> None:
+        """Kill the actor and give its job back to pending without using an attempt."""
+        job = actor.job
+        if job is None:
+            return
+        actor.job = None
+        self.pool.stop(actor, reason, force=True)
+        self.dispatcher.add_write(job.job_id, Release())
+
+    def lease_lost(self, job_ids: set[str]) -> None:
+        """Jobs cancelled or paused elsewhere: kill their actors, write nothing."""
+        self.dispatcher.drop(job_ids)
+        for actor in list(self.pool.actors.values()):
+            if actor.job is not None and actor.job.job_id in job_ids:
+                log.info("job %s was cancelled or paused elsewhere; killing actor %s",
+                         actor.job.job_id, actor.id)
+                actor.job = None
+                self.pool.stop(actor, "lease lost", force=True)
+
+    def begin_drain(self, timeout: float) -> None:
+        if self.phase is not Phase.RUNNING:
+            return
+        log.info("supervisor %s draining (up to %s s)", self.id, timeout)
+        self.phase = Phase.DRAINING
+        self.drain_deadline = time.monotonic() + timeout
+        self.dispatcher.release_buffered()
+
+    def pause(self, mode: PauseMode) -> None:
+        mode = PauseMode(mode)
+        self.paused = mode
+        self.dispatcher.release_buffered()
+        if mode is PauseMode.AGGRESSIVE:
+            for actor in self.pool.busy():
+                self.release_running(actor, "aggressive pause")
+            if self.dispatcher.pending_writes:
+                self.after_flush(self.dispatcher.flush(time.time()))
+        self.duties.store_paused(True, mode.value)
+        self.hooks.publish(ev.WorkerPaused(self.id, mode=mode.value))
+        log.info("supervisor %s paused (%s)", self.id, mode.value)
+
+    def resume(self) -> None:
+        if self.paused is None:
+            return
+        self.paused = None
+        self.duties.store_paused(False, None)
+        self.wake.notified = True
+        self.hooks.publish(ev.WorkerResumed(self.id))
+        log.info("supervisor %s resumed", self.id)
+
+    # -- thread-safe commands (Worker) --------------------------------------------------
+
+    def command(self, name: str, arg: Any = None) -> None:
+        self.commands.append((name, arg))
+        self.wakeup.nudge()
+
+
+__all__ = ["Succeeded", "Supervisor", "SupervisorOptions"]

@@ -1,0 +1,177 @@
+"""Pure option handling: names, JSON payloads, seconds, times, option resolution."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+import durable_jobs as jobs
+from durable_jobs.engine.options import (
+    DEFAULT_MAX_BACKOFF,
+    MAX_PAYLOAD,
+    HandlerOptions,
+    check_name,
+    decode_json,
+    encode_json,
+    resolve,
+    to_epoch,
+    to_seconds,
+)
+
+VALID_NAMES = ["a", "A", "send-email", "charge_payment", "app.jobs.v2", "x9-_.",
+               "a" * 255]
+INVALID_NAMES = ["", "abc\n", "\nabc", "1abc", "_abc", "-abc", ".abc", "a b", "a/b", "a:b",
+                 "naïve", "a" * 256, " abc", "abc ", "a\tb", "a\x00b"]
+
+
+@pytest.mark.parametrize("name", VALID_NAMES)
+def test_valid_names(name: str) -> None:
+    assert check_name(name) == name
+
+
+@pytest.mark.parametrize("name", INVALID_NAMES)
+def test_invalid_names(name: str) -> None:
+    with pytest.raises(jobs.InvalidNameError) as info:
+        check_name(name)
+    assert repr(name) in str(info.value)
+
+
+@pytest.mark.parametrize("value", [None, 1, b"abc", ["a"]])
+def test_non_string_names_are_invalid(value: object) -> None:
+    with pytest.raises(jobs.InvalidNameError):
+        check_name(value)
+
+
+def test_invalid_name_error_is_library_error_and_value_error() -> None:
+    assert issubclass(jobs.InvalidNameError, jobs.DurableJobsError)
+    assert issubclass(jobs.InvalidNameError, ValueError)
+
+
+def test_name_error_says_what_was_checked() -> None:
+    with pytest.raises(jobs.InvalidNameError, match="queue name"):
+        check_name("1q", "queue name")
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
+
+@pytest.mark.parametrize("value", [None, 0, 1.5, "s", True, [1, "a"], {"a": {"b": [None]}}])
+def test_encode_json_round_trips(value: object) -> None:
+    assert decode_json(encode_json(value)) == value
+
+
+def test_encode_json_is_compact_and_dataclasses_become_objects() -> None:
+    assert encode_json({"a": 1, "b": [1, 2]}) == '{"a":1,"b":[1,2]}'
+    assert json.loads(encode_json(Point(1, 2))) == {"x": 1, "y": 2}
+    assert json.loads(encode_json([Point(1, 2)])) == [{"x": 1, "y": 2}]
+
+
+@pytest.mark.parametrize(
+    ("value", "type_name"),
+    [({1, 2}, "set"), (object(), "object"), (b"bytes", "bytes"), ({"a": [1, {2}]}, "set"),
+     (datetime(2024, 1, 1), "datetime"), (Point, "type"), ({(1, 2): 3}, "tuple")],
+)
+def test_non_json_args_name_the_type(value: object, type_name: str) -> None:
+    with pytest.raises(TypeError) as info:
+        encode_json(value)
+    assert type_name in str(info.value)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, [-math.inf]])
+def test_nan_and_infinity_are_refused(value: object) -> None:
+    with pytest.raises(TypeError):
+        encode_json(value)
+
+
+def test_circular_args_are_refused() -> None:
+    loop: list[object] = []
+    loop.append(loop)
+    with pytest.raises(TypeError):
+        encode_json(loop)
+
+
+def test_payload_limit_is_one_mib_inclusive() -> None:
+    assert MAX_PAYLOAD == 1024 * 1024
+    exactly = "x" * (MAX_PAYLOAD - 2)  # plus two quotes
+    assert len(encode_json(exactly).encode()) == MAX_PAYLOAD
+    with pytest.raises(jobs.PayloadTooLargeError):
+        encode_json(exactly + "x")
+
+
+def test_payload_limit_counts_encoded_bytes() -> None:
+    # 'é' is 2 bytes in UTF-8 (json.dumps escapes it as \\u00e9: 6 bytes).
+    with pytest.raises(jobs.PayloadTooLargeError):
+        encode_json("é" * (MAX_PAYLOAD // 6 + 1))
+    assert encode_json("é" * (MAX_PAYLOAD // 6 - 1))
+
+
+def test_payload_error_is_library_error() -> None:
+    assert issubclass(jobs.PayloadTooLargeError, jobs.DurableJobsError)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(None, None), (0, 0.0), (10, 10.0), (2.5, 2.5), (timedelta(minutes=2), 120.0),
+     (timedelta(0), 0.0)],
+)
+def test_to_seconds(value: object, seconds: float | None) -> None:
+    assert to_seconds(value, "delay") == seconds  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [-1, -0.5, timedelta(seconds=-1)])
+def test_to_seconds_refuses_negative(value: object) -> None:
+    with pytest.raises(ValueError, match="delay"):
+        to_seconds(value, "delay")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["10", True, [1]])
+def test_to_seconds_refuses_wrong_types(value: object) -> None:
+    with pytest.raises(TypeError, match="delay"):
+        to_seconds(value, "delay")  # type: ignore[arg-type]
+
+
+def test_to_epoch_naive_means_utc() -> None:
+    naive = datetime(2030, 1, 2, 3, 4, 5)
+    aware = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    paris = datetime(2030, 1, 2, 4, 4, 5, tzinfo=timezone(timedelta(hours=1)))
+    assert to_epoch(naive) == to_epoch(aware) == to_epoch(paris) == aware.timestamp()
+
+
+def test_resolve_defaults() -> None:
+    r = resolve(HandlerOptions(), None)
+    assert (r.queue, r.priority, r.max_attempts, r.timeout, r.max_backoff) == (
+        "default", 0, 4, None, DEFAULT_MAX_BACKOFF)
+
+
+def test_resolve_registration_then_call() -> None:
+    reg = HandlerOptions(retries=7, timeout=9.0, queue="regq", priority=3, max_backoff=10.0)
+    r = resolve(HandlerOptions(), reg)
+    assert (r.queue, r.priority, r.max_attempts, r.timeout, r.max_backoff) == (
+        "regq", 3, 8, 9.0, 10.0)
+    call = HandlerOptions(retries=0, timeout=1.0, queue="callq", priority=-5, max_backoff=2.0)
+    r = resolve(call, reg)
+    assert (r.queue, r.priority, r.max_attempts, r.timeout, r.max_backoff) == (
+        "callq", -5, 1, 1.0, 2.0)
+    # Only what the call sets overrides; zero is a real value, not "unset".
+    r = resolve(HandlerOptions(priority=0), reg)
+    assert (r.queue, r.priority, r.max_attempts) == ("regq", 0, 8)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [({"retries": -1}, ValueError), ({"retries": 1.5}, ValueError),
+     ({"retries": True}, ValueError), ({"priority": 1.5}, TypeError),
+     ({"priority": True}, TypeError), ({"timeout": 0}, ValueError),
+     ({"timeout": -1}, ValueError), ({"max_backoff": -1}, ValueError),
+     ({"queue": "bad queue"}, jobs.InvalidNameError), ({"queue": ""}, jobs.InvalidNameError)],
+)
+def test_handler_options_are_validated(kwargs: dict[str, object], error: type) -> None:
+    with pytest.raises(error):
+        HandlerOptions(**kwargs)  # type: ignore[arg-type]
