@@ -1,0 +1,215 @@
+"""Store conformance: writes after a claim are guarded by the lease; renew; release; reaper."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from sqlalchemy import select
+
+import durable_jobs as jobs
+from durable_jobs.engine.outcomes import Complete, Fail, Retry
+from durable_jobs.store import leases
+from durable_jobs.store.leases import Release
+from durable_jobs.store.schema import jobs as jobs_table
+from tests.helpers import wait_until
+
+ERR = jobs.JobError("ValueError", "boom", "Traceback (most recent call last): ...")
+
+
+def claim(store: jobs.Store, names: list[str], *, owner: str = "w1", limit: int = 100,
+          lease: float = 30.0) -> list[Any]:
+    with store.write() as conn:
+        return leases.claim(conn, store.dialect, owner, "default", names, limit, lease)
+
+
+def finish(store: jobs.Store, owner: str, items: list[tuple[str, Any]]) -> list[Any]:
+    with store.write() as conn:
+        return leases.finish(conn, store.dialect, owner, items, time.time())
+
+
+def renew(store: jobs.Store, owner: str, ids: list[str], lease: float = 30.0) -> set[str]:
+    with store.write() as conn:
+        return leases.renew(conn, store.dialect, owner, ids, lease)
+
+
+def reclaim(store: jobs.Store) -> list[Any]:
+    with store.write() as conn:
+        return leases.reclaim_expired(conn, store.dialect, time.time())
+
+
+def row(store: jobs.Store, job_id: str) -> Any:
+    with store.read() as conn:
+        return conn.execute(select(jobs_table).where(jobs_table.c.id == job_id)).one()
+
+
+def running(store: jobs.Store, queue: jobs.Queue, name: str = "a", owner: str = "w1",
+            lease: float = 30.0, **options: Any) -> str:
+    job_id = queue.enqueue(name, **options)
+    assert [r.id for r in claim(store, [name], owner=owner, lease=lease)] == [job_id]
+    return job_id
+
+
+def test_finish_by_wrong_owner_changes_nothing(store: jobs.Store, queue: jobs.Queue) -> None:
+    job_id = running(store, queue, owner="w1")
+    before = row(store, job_id)
+    for write in (Complete("1"), Fail(ERR), Retry(time.time(), ERR), Release()):
+        assert finish(store, "w2", [(job_id, write)]) == []
+        assert row(store, job_id) == before
+    assert before.status == "running" and before.lease_owner == "w1"
+
+
+def test_finish_by_owner_completes(store: jobs.Store, queue: jobs.Queue) -> None:
+    job_id = running(store, queue, owner="w1")
+    applied = finish(store, "w1", [(job_id, Complete('{"ok":true}'))])
+    assert [(r.id, w) for r, w in applied] == [(job_id, Complete('{"ok":true}'))]
+    assert applied[0][0].status == "running"  # the row as it was before the write
+    after = row(store, job_id)
+    assert (after.status, after.lease_owner, after.lease_expires_at) == ("completed", None, None)
+    assert after.finished_at is not None
+    job = queue.get(job_id)
+    assert job.status is jobs.Status.COMPLETED
+    assert job.result == {"ok": True} and job.error is None and job.attempt == 1
+    assert queue.result(job_id, timeout=1) == {"ok": True}
+    # The lease ended with the write: a second outcome for the same job is dropped.
+    assert finish(store, "w1", [(job_id, Fail(ERR))]) == []
+    assert queue.get(job_id).status is jobs.Status.COMPLETED
+
+
+def test_finish_batch_applies_only_owned_running_jobs(store: jobs.Store,
+                                                      queue: jobs.Queue) -> None:
+    mine = [running(store, queue, name=f"m{i}", owner="w1") for i in range(3)]
+    theirs = running(store, queue, name="t", owner="w2")
+    pending = queue.enqueue("p")
+    items: list[tuple[str, Any]] = [
+        (mine[0], Complete("1")), (mine[1], Fail(ERR)), (mine[2], Retry(time.time() + 60, ERR)),
+        (theirs, Complete("2")), (pending, Complete("3")), ("no-such-id", Complete("4")),
+    ]
+    applied = finish(store, "w1", items)
+    assert sorted(r.id for r, _ in applied) == sorted(mine)
+    assert [queue.get(i).status for i in mine] == [
+        jobs.Status.COMPLETED, jobs.Status.FAILED, jobs.Status.PENDING]
+    assert queue.get(theirs).status is jobs.Status.RUNNING
+    assert queue.get(pending).status is jobs.Status.PENDING
+
+
+def test_fail_stores_the_error(store: jobs.Store, queue: jobs.Queue) -> None:
+    job_id = running(store, queue)
+    finish(store, "w1", [(job_id, Fail(ERR))])
+    job = queue.get(job_id)
+    assert job.status is jobs.Status.FAILED
+    assert job.error == ERR and str(job.error) == "ValueError: boom"
+    assert job.finished_at is not None and job.result is None
+    assert json.loads(row(store, job_id).error)["type"] == "ValueError"
+
+
+def test_retry_goes_back_to_pending_at_run_at(store: jobs.Store, queue: jobs.Queue) -> None:
+    job_id = running(store, queue, retries=3)
+    later = time.time() + 3600
+    finish(store, "w1", [(job_id, Retry(later, ERR))])
+    job = queue.get(job_id)
+    assert job.status is jobs.Status.PENDING
+    assert job.attempt == 1  # the failed attempt was used
+    assert job.error == ERR  # the last failed attempt's error is visible while pending
+    assert job.run_at is not None and abs(job.run_at.timestamp() - later) < 0.001
+    after = row(store, job_id)
+    assert (after.lease_owner, after.lease_expires_at) == (None, None)
+    assert claim(store, ["a"]) == []  # not before run_at
+    # Due now: claimable again, and the attempt counts up.
+    with store.write() as conn:
+        conn.execute(jobs_table.update().where(jobs_table.c.id == job_id)
+                     .values(run_at=time.time() - 1))
+    (again,) = claim(store, ["a"])
+    assert (again.id, again.attempt) == (job_id, 2)
+
+
+def test_release_gives_the_attempt_back(store: jobs.Store, queue: jobs.Queue) -> None:
+    job_id = running(store, queue, owner="w1")
+    assert queue.get(job_id).attempt == 1
+    assert finish(store, "w2", [(job_id, Release())]) == []
+    assert queue.get(job_id).attempt == 1
+    assert len(finish(store, "w1", [(job_id, Release())])) == 1
+    job = queue.get(job_id)
+    assert (job.status, job.attempt, job.error) == (jobs.Status.PENDING, 0, None)
+    after = row(store, job_id)
+    assert (after.lease_owner, after.lease_expires_at) == (None, None)
+    # Claimable at once by anyone, and it is still on its first attempt.
+    (again,) = claim(store, ["a"], owner="w2")
+    assert (again.id, again.attempt) == (job_id, 1)
+
+
+def test_renew_only_extends_own_running_leases(store: jobs.Store, queue: jobs.Queue) -> None:
+    mine = running(store, queue, name="a", owner="w1", lease=5.0)
+    theirs = running(store, queue, name="b", owner="w2", lease=5.0)
+    before = row(store, mine).lease_expires_at
+    assert renew(store, "w2", [mine]) == set()
+    assert row(store, mine).lease_expires_at == before
+    assert renew(store, "w1", [mine, theirs, "no-such-id"], lease=60.0) == {mine}
+    assert row(store, mine).lease_expires_at > before + 50
+    assert row(store, theirs).lease_expires_at < before + 10
+    assert renew(store, "w1", []) == set()
+    # Once the job has finished, renewing reports the lease as lost.
+    finish(store, "w1", [(mine, Complete("null"))])
+    assert renew(store, "w1", [mine]) == set()
+
+
+def test_cancelled_job_loses_its_lease(store: jobs.Store, queue: jobs.Queue) -> None:
+    job_id = running(store, queue, owner="w1")
+    queue.cancel(job_id)
+    assert renew(store, "w1", [job_id]) == set()
+    assert finish(store, "w1", [(job_id, Complete("1"))]) == []
+    job = queue.get(job_id)
+    assert job.status is jobs.Status.CANCELLED and job.result is None
+
+
+def test_reaper_returns_expired_job_to_pending(store: jobs.Store, queue: jobs.Queue) -> None:
+    job_id = running(store, queue, owner="dead", lease=0.05, retries=3)
+    live = running(store, queue, name="live", owner="alive", lease=60.0)
+    reclaimed: list[Any] = []
+    wait_until(lambda: reclaimed.extend(reclaim(store)) or reclaimed, timeout=10,
+               message="the expired lease to be reclaimed")
+    assert [(r.id, type(w)) for r, w in reclaimed] == [(job_id, Retry)]
+    job = queue.get(job_id)
+    assert (job.status, job.attempt) == (jobs.Status.PENDING, 1)  # the attempt was used
+    assert job.error is not None and job.error.type == leases.LEASE_EXPIRED
+    assert "dead" in job.error.message
+    after = row(store, job_id)
+    assert (after.lease_owner, after.lease_expires_at) == (None, None)
+    # The live lease is untouched, and reclaiming again finds nothing.
+    assert reclaim(store) == []
+    live_row = row(store, live)
+    assert (live_row.status, live_row.lease_owner) == ("running", "alive")
+    # The reclaimed job runs again elsewhere, on its next attempt; the dead owner lost it.
+    (again,) = claim(store, ["a"], owner="other")
+    assert (again.id, again.attempt) == (job_id, 2)
+    assert finish(store, "dead", [(job_id, Complete("1"))]) == []
+
+
+def test_reaper_fails_job_without_attempts_left(store: jobs.Store, queue: jobs.Queue) -> None:
+    job_id = running(store, queue, owner="dead", lease=0.05, retries=0)
+    wait_until(lambda: reclaim(store), timeout=10, message="the expired lease")
+    job = queue.get(job_id)
+    assert (job.status, job.attempt, job.max_attempts) == (jobs.Status.FAILED, 1, 1)
+    assert job.error is not None and job.error.type == leases.LEASE_EXPIRED
+    assert job.finished_at is not None
+
+
+def test_reaper_uses_up_attempts(store: jobs.Store, queue: jobs.Queue) -> None:
+    # retries=1: the first expiry retries, the second fails for good.
+    job_id = running(store, queue, owner="dead-1", lease=0.05, retries=1)
+    wait_until(lambda: reclaim(store), timeout=10, message="the first expiry")
+    assert queue.get(job_id).status is jobs.Status.PENDING
+    (again,) = claim(store, ["a"], owner="dead-2", lease=0.05)
+    assert again.attempt == 2
+    wait_until(lambda: reclaim(store), timeout=10, message="the second expiry")
+    assert queue.get(job_id).status is jobs.Status.FAILED
+
+
+def test_renewed_lease_is_not_reclaimed(store: jobs.Store, queue: jobs.Queue) -> None:
+    job_id = running(store, queue, owner="w1", lease=0.05)
+    assert renew(store, "w1", [job_id], lease=60.0) == {job_id}
+    expired = running(store, queue, name="b", owner="w1", lease=0.05)
+    wait_until(lambda: reclaim(store), timeout=10, message="the short lease")
+    assert queue.get(job_id).status is jobs.Status.RUNNING
+    assert queue.get(expired).status is jobs.Status.PENDING
