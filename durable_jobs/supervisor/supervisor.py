@@ -437,6 +437,9 @@ class Supervisor:
             case p.Booted():
                 if actor.state is ActorState.STARTING:
                     self.pool.booted(actor)
+                    # A wake-up that came while no actor was idle was spent on an empty
+                    # claim plan: a fresh idle actor must look for work now, not next poll.
+                    self.wake.notified = True
             case p.BootFailed(error=error):
                 self.pool.last_boot_error = error
                 log.error("actor %s could not load the handlers:\n%s", actor.id, error)

@@ -84,7 +84,8 @@ class PostgreSQLDialect:
         stmt = pg_insert(jobs).values(**row).on_conflict_do_nothing(
             index_elements=["unique_key"], index_where=text(NON_TERMINAL_SQL)
         )
-        return conn.execute(stmt).rowcount == 1
+        # An INSERT's rowcount is only kept when asked for (SQLAlchemy 2: -1 otherwise).
+        return conn.execute(stmt.execution_options(preserve_rowcount=True)).rowcount == 1
 
     def notify(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_notify(:c, '')"), {"c": CHANNEL})

@@ -47,8 +47,10 @@ BULK_INSERT = (
 def _on_connect(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    # The busy timeout first: switching a new file to WAL takes a lock that a process
+    # connecting at the same moment must wait for, not fail on ("database is locked").
     cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
@@ -97,7 +99,8 @@ class SQLiteDialect:
         stmt = sqlite_insert(jobs).values(**row).on_conflict_do_nothing(
             index_elements=["unique_key"], index_where=text(NON_TERMINAL_SQL)
         )
-        return conn.execute(stmt).rowcount == 1
+        # An INSERT's rowcount is only kept when asked for (SQLAlchemy 2: -1 otherwise).
+        return conn.execute(stmt.execution_options(preserve_rowcount=True)).rowcount == 1
 
     def notify(self, conn: Connection) -> None:
         """SQLite supervisors watch ``PRAGMA data_version`` instead."""
