@@ -4,6 +4,8 @@ Use as ``import durable_jobs as jobs``. This module is the facade: every public 
 API contract (shared/API.md) is re-exported here.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from durable_jobs.engine.durable import JobContext, call, current_job, emit_event, fan_out
 from durable_jobs.engine.errors import (
     DuplicateJobError,
@@ -54,14 +56,28 @@ from durable_jobs.engine.fanout import (
 from durable_jobs.engine.job import Job, PauseMode, Status
 from durable_jobs.engine.queue import Queue
 from durable_jobs.engine.schedules import Cron, Daily, Every, Weekly
-from durable_jobs.store.store import (
-    DEFAULT_POOL,
-    HIGH_CONCURRENCY_POOL,
-    LOW_LATENCY_POOL,
-    RESOURCE_CONSTRAINED_POOL,
-    PoolConfig,
-    Store,
-)
+
+if TYPE_CHECKING:
+    from durable_jobs.store.store import (
+        DEFAULT_POOL,
+        HIGH_CONCURRENCY_POOL,
+        LOW_LATENCY_POOL,
+        RESOURCE_CONSTRAINED_POOL,
+        PoolConfig,
+        Store,
+    )
+
+_FROM_STORE = {"DEFAULT_POOL", "HIGH_CONCURRENCY_POOL", "LOW_LATENCY_POOL",
+               "RESOURCE_CONSTRAINED_POOL", "PoolConfig", "Store"}
+
+
+def __getattr__(name: str) -> Any:
+    """The store's names load SQLAlchemy on first use, so actor processes boot fast."""
+    if name in _FROM_STORE:
+        from durable_jobs.store import store
+
+        return getattr(store, name)
+    raise AttributeError(f"module 'durable_jobs' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 

@@ -21,7 +21,7 @@ VERSION = 1
 # -- actor -> supervisor ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Ready:
     """First message of a new actor."""
 
@@ -29,26 +29,26 @@ class Ready:
     pid: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Booted:
     """The actor loaded its handlers and is idle."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class BootFailed:
     """The actor could not load its handlers; it exits next."""
 
     error: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Heartbeat:
     """Sent from the actor's heartbeat thread every ``heartbeat_interval``."""
 
     job_id: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Checkpoint:
     """A finished ``jobs.call()`` step; the actor waits for its ``CheckpointAck``."""
 
@@ -61,7 +61,7 @@ class Checkpoint:
     span: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Outcome:
     """How an attempt ended: completed, failed, or suspended on a fan-out."""
 
@@ -75,7 +75,14 @@ class Outcome:
     rss_mb: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
+class Outcomes:
+    """Several outcomes in one message (the actor batches them for at most ~1 ms)."""
+
+    outcomes: tuple[Outcome, ...]
+
+
+@dataclass(frozen=True)
 class Event:
     """A custom event from ``jobs.emit_event()``."""
 
@@ -87,16 +94,17 @@ class Event:
 # -- supervisor -> actor ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Init:
     """Handler code (a cloudpickled registry) and where to import modules from."""
 
     sys_path: tuple[str, ...]
     registry: bytes
     heartbeat_interval: float
+    measure_memory: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Lease:
     """Run this job; ``steps`` are its stored checkpoints for replay."""
 
@@ -109,7 +117,21 @@ class Lease:
     steps: tuple[StoredStep, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
+class Leases:
+    """Several leases in one message; the actor runs them one at a time, in order."""
+
+    leases: tuple[Lease, ...]
+
+
+@dataclass(frozen=True)
+class Revoke:
+    """Do not start this leased job: it was cancelled or paused meanwhile."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
 class CheckpointAck:
     """The checkpoint is committed (``ok``), or the lease was lost (stop the job)."""
 
@@ -118,18 +140,18 @@ class CheckpointAck:
     ok: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Ping:
     """Supervisor traffic for the heartbeat thread: the supervisor is alive."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Stop:
     """Finish nothing more and exit (recycling, shutdown)."""
 
 
-MESSAGES = (Ready, Booted, BootFailed, Heartbeat, Checkpoint, Outcome, Event, Init, Lease,
-            CheckpointAck, Ping, Stop)
+MESSAGES = (Ready, Booted, BootFailed, Heartbeat, Checkpoint, Outcome, Outcomes, Event, Init,
+            Lease, Leases, Revoke, CheckpointAck, Ping, Stop)
 
 
 def encode(message: Any) -> bytes:

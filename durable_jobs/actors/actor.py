@@ -8,6 +8,7 @@ actor exits at once, killing its job, so an orphan never runs a job without a le
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import sys
@@ -21,11 +22,13 @@ import cloudpickle
 import zmq
 
 from durable_jobs import protocol as p
+from durable_jobs.actors import execution
 from durable_jobs.actors.execution import execute
 from durable_jobs.engine.durable import LeaseLost
 from durable_jobs.engine.registry import Registry
 
 INIT_TIMEOUT_MS = 60_000
+OUTCOME_BATCH_WINDOW = 0.001  # hold finished outcomes this long while more leases wait
 ORPHAN_EXIT = 70
 SILENT_BEATS = 3
 
@@ -47,12 +50,21 @@ class Channel:
         self.socket.setsockopt(zmq.LINGER, 1000)
         self.socket.connect(args.endpoint)
         self.job_id: str | None = None
+        self.inbox: collections.deque[Any] = collections.deque()  # kept while awaiting an ack
 
     def send(self, message: Any) -> None:
-        self.socket.send(p.encode(message), copy=False)
+        self.socket.send(p.encode(message))
 
     def recv(self) -> Any:
         return p.decode(self.socket.recv())
+
+    def next_message(self, block: bool) -> Any | None:
+        """The next message: stashed ones first; ``None`` if none and not ``block``."""
+        if self.inbox:
+            return self.inbox.popleft()
+        if not block and not self.socket.poll(0):
+            return None
+        return self.recv()
 
     # Runtime protocol (engine.durable)
     def checkpoint(self, position: int, name: str, status: str, result: str | None,
@@ -65,8 +77,9 @@ class Channel:
                 if not message.ok:
                     raise LeaseLost()
                 return
-            if isinstance(message, p.Stop):
+            if isinstance(message, p.Revoke) and message.job_id == self.job_id:
                 raise LeaseLost()
+            self.inbox.append(message)  # leases, revokes, Stop: handled after this job
 
     def emit(self, kind: str, data: Any) -> None:
         assert self.job_id is not None
@@ -118,22 +131,74 @@ def boot(channel: Channel) -> Registry:
         channel.send(p.BootFailed(traceback.format_exc()))
         time.sleep(0.05)  # let the message leave before exit (LINGER also covers it)
         raise SystemExit(3) from None
+    execution.MEASURE_MEMORY = init.measure_memory
     channel.send(p.Booted())
     return registry
 
 
+class JobLoop:
+    """Runs leases one at a time, in the order they came; batches outcomes briefly.
+
+    Outcomes are held for at most ~1 ms while more leases are waiting, then sent together:
+    quick jobs cost one message per batch instead of one per job. A slow job's outcome goes
+    out at once (its window has passed), and so does every failure or suspension.
+    """
+
+    def __init__(self, channel: Channel, registry: Registry) -> None:
+        self.channel = channel
+        self.registry = registry
+        self.leases: collections.deque[p.Lease] = collections.deque()
+        self.revoked: set[str] = set()
+        self.unsent: list[p.Outcome] = []
+        self.unsent_since = 0.0
+        self.stopping = False
+
+    def run(self) -> None:
+        while not (self.stopping and not self.leases):
+            self.receive(block=not self.leases)
+            if self.leases:
+                self.run_one(self.leases.popleft())
+            self.send_outcomes(force=not self.leases)
+
+    def receive(self, block: bool) -> None:
+        while (message := self.channel.next_message(block)) is not None:
+            block = False
+            if isinstance(message, p.Lease):
+                self.leases.append(message)
+            elif isinstance(message, p.Leases):
+                self.leases.extend(message.leases)
+            elif isinstance(message, p.Revoke):
+                self.revoked.add(message.job_id)
+            elif isinstance(message, p.Stop):
+                self.stopping = True
+
+    def run_one(self, lease: p.Lease) -> None:
+        if lease.job_id in self.revoked:
+            self.revoked.discard(lease.job_id)
+            return
+        self.channel.job_id = lease.job_id
+        outcome = execute(lease, self.registry, self.channel)
+        self.channel.job_id = None
+        if outcome is None:
+            return
+        if not self.unsent:
+            self.unsent_since = time.monotonic()
+        self.unsent.append(outcome)
+        if outcome.kind != "completed":
+            self.send_outcomes(force=True)
+
+    def send_outcomes(self, force: bool) -> None:
+        if not self.unsent:
+            return
+        if not force and time.monotonic() - self.unsent_since < OUTCOME_BATCH_WINDOW:
+            return
+        batch, self.unsent = self.unsent, []
+        self.channel.send(batch[0] if len(batch) == 1 else p.Outcomes(tuple(batch)))
+
+
 def serve(channel: Channel, registry: Registry) -> None:
     """The job loop: one lease at a time until Stop."""
-    while True:
-        message = channel.recv()
-        if isinstance(message, p.Stop):
-            return
-        if isinstance(message, p.Lease):
-            channel.job_id = message.job_id
-            outcome = execute(message, registry, channel)
-            channel.job_id = None
-            if outcome is not None:
-                channel.send(outcome)
+    JobLoop(channel, registry).run()
 
 
 def main(args: ActorArgs) -> None:

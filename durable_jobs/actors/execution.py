@@ -11,7 +11,15 @@ import json
 import os
 import traceback
 
-from durable_jobs.engine.durable import Execution, JobContext, LeaseLost, Runtime, Suspend, install
+from durable_jobs.engine.durable import (
+    Execution,
+    JobContext,
+    LeaseLost,
+    Runtime,
+    Suspend,
+    install,
+    uninstall,
+)
 from durable_jobs.engine.durable import run_handler as _run
 from durable_jobs.engine.errors import (
     FanOutFailedError,
@@ -56,6 +64,13 @@ def rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
 
 
+MEASURE_MEMORY = False  # set by the actor when its queue has max_memory_mb
+
+
+def _rss() -> float:
+    return rss_mb() if MEASURE_MEMORY else 0.0
+
+
 def execute(lease: Lease, registry: Registry, runtime: Runtime) -> Outcome | None:
     """Run one attempt; ``None`` means the lease was lost and nothing is to be reported."""
     context = JobContext(lease.job_id, lease.name, lease.queue, lease.attempt,
@@ -66,13 +81,7 @@ def execute(lease: Lease, registry: Registry, runtime: Runtime) -> Outcome | Non
     except LeaseLost:
         return None
     finally:
-        install(None) if token is None else _reset(token)
-
-
-def _reset(token: object) -> None:
-    from durable_jobs.engine.durable import _current
-
-    _current.reset(token)  # type: ignore[arg-type]
+        uninstall(token)
 
 
 def _attempt(lease: Lease, registry: Registry, context: JobContext) -> Outcome:
@@ -80,19 +89,19 @@ def _attempt(lease: Lease, registry: Registry, context: JobContext) -> Outcome:
     try:
         value = _run(registry.get(lease.name), context.args)
     except Suspend as suspend:
-        return Outcome(job_id, "suspended", fan_out=suspend.spec, rss_mb=rss_mb())
+        return Outcome(job_id, "suspended", fan_out=suspend.spec, rss_mb=_rss())
     except LeaseLost:
         raise
     except RetryAfter as exc:
         return Outcome(job_id, "failed", error=job_error(exc), retry_after=exc.delay,
-                       rss_mb=rss_mb())
+                       rss_mb=_rss())
     except FINAL as exc:
-        return Outcome(job_id, "failed", error=job_error(exc), no_retry=True, rss_mb=rss_mb())
+        return Outcome(job_id, "failed", error=job_error(exc), no_retry=True, rss_mb=_rss())
     except BaseException as exc:  # noqa: BLE001 - user code: any failure is an outcome
-        return Outcome(job_id, "failed", error=job_error(exc), rss_mb=rss_mb())
+        return Outcome(job_id, "failed", error=job_error(exc), rss_mb=_rss())
     try:
         result = encode_json(value, "the handler's result")
     except (TypeError, PayloadTooLargeError) as exc:  # deterministic: retrying cannot help
         return Outcome(job_id, "failed", error=job_error(exc, with_traceback=False),
-                       no_retry=True, rss_mb=rss_mb())
-    return Outcome(job_id, "completed", result=result, rss_mb=rss_mb())
+                       no_retry=True, rss_mb=_rss())
+    return Outcome(job_id, "completed", result=result, rss_mb=_rss())

@@ -128,6 +128,10 @@ def install(execution: Execution | None) -> contextvars.Token[Execution | None]:
     return _current.set(execution)
 
 
+def uninstall(token: contextvars.Token[Execution | None]) -> None:
+    _current.reset(token)
+
+
 def _require(what: str) -> Execution:
     execution = _current.get()
     if execution is None:

@@ -12,8 +12,6 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Connection
-
 from durable_jobs.engine import events as ev
 from durable_jobs.engine.errors import (
     DurableJobsError,
@@ -24,6 +22,7 @@ from durable_jobs.engine.errors import (
 )
 from durable_jobs.engine.fanout import Sub
 from durable_jobs.engine.job import TERMINAL, Job, PauseMode, Status, to_datetime
+from durable_jobs.engine.lazy import LazyModule
 from durable_jobs.engine.options import (
     HandlerOptions,
     check_name,
@@ -34,12 +33,19 @@ from durable_jobs.engine.options import (
 from durable_jobs.engine.registry import Registry
 from durable_jobs.engine.rows import build_row
 from durable_jobs.engine.schedules import ScheduleSpec
-from durable_jobs.store import fanouts
-from durable_jobs.store import jobs as job_rows
-from durable_jobs.store.store import Store
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from durable_jobs.store import fanouts
+    from durable_jobs.store import jobs as job_rows
+    from durable_jobs.store.store import Store
     from durable_jobs.supervisor.worker import Worker
+else:
+    # The store (and SQLAlchemy) load on first use: actor processes import handler modules
+    # that build a Queue, and must boot fast without ever touching the database.
+    fanouts = LazyModule("durable_jobs.store.fanouts")
+    job_rows = LazyModule("durable_jobs.store.jobs")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,7 +69,11 @@ class Queue:
     """Handlers, schedules and hooks, plus job operations on a :class:`Store`."""
 
     def __init__(self, store: Store | str | None = None) -> None:
-        self._store = Store(store) if isinstance(store, str) else store
+        if isinstance(store, str):
+            from durable_jobs.store.store import Store
+
+            store = Store(store)
+        self._store = store
         self.registry = Registry()
         self.schedules: dict[str, tuple[ScheduleSpec, Any, str | None]] = {}
         self.hooks: dict[str, list[Callable[..., Any]]] = {

@@ -102,6 +102,12 @@ def reset_for_retry(conn: Connection, job_id: str, now: float) -> None:
     row = get_status(conn, job_id, lock=True)
     if row.status not in ("failed", "cancelled"):
         raise InvalidStateError(job_id, row.status, "retry")
+    key = conn.execute(select(jobs.c.unique_key).where(jobs.c.id == job_id)).scalar()
+    if key is not None:  # its key may have gone to a newer job meanwhile
+        holder = conn.execute(select(jobs.c.id).where(
+            jobs.c.unique_key == key, jobs.c.status.in_(NON_TERMINAL))).scalar()
+        if holder is not None:
+            raise DuplicateJobError(key, holder)
     conn.execute(steps.delete().where(steps.c.job_id == job_id))
     conn.execute(
         update(jobs).where(jobs.c.id == job_id).values(

@@ -10,6 +10,7 @@ one executemany per kind, so a batch costs a fixed number of statements.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,18 +30,29 @@ class Release:
 
 Write = Transition | Release
 
-_B = bindparam
-COMPLETE = update(jobs).where(jobs.c.id == _B("b_id")).values(
-    status="completed", result=_B("b_result"), error=None, finished_at=_B("b_now"),
-    lease_owner=None, lease_expires_at=None)
-RETRY = update(jobs).where(jobs.c.id == _B("b_id")).values(
-    status="pending", run_at=_B("b_run_at"), error=_B("b_error"),
-    lease_owner=None, lease_expires_at=None)
-FAIL = update(jobs).where(jobs.c.id == _B("b_id")).values(
-    status="failed", error=_B("b_error"), finished_at=_B("b_now"),
-    lease_owner=None, lease_expires_at=None)
-RELEASE = update(jobs).where(jobs.c.id == _B("b_id")).values(
-    status="pending", attempt=jobs.c.attempt - 1, lease_owner=None, lease_expires_at=None)
+# Outcome writes run as plain driver executemany: the rows were already checked (and locked
+# on PostgreSQL) by _owned, and skipping SQLAlchemy's per-row parameter processing roughly
+# halves the supervisor's cost per job.
+_CLEAR = "lease_owner = NULL, lease_expires_at = NULL"
+COMPLETE = ("UPDATE jobs SET status = 'completed', result = :b_result, error = NULL, "
+            f"finished_at = :b_now, {_CLEAR} WHERE id = :b_id")
+RETRY = (f"UPDATE jobs SET status = 'pending', run_at = :b_run_at, error = :b_error, {_CLEAR} "
+         "WHERE id = :b_id")
+FAIL = ("UPDATE jobs SET status = 'failed', error = :b_error, finished_at = :b_now, "
+        f"{_CLEAR} WHERE id = :b_id")
+RELEASE = f"UPDATE jobs SET status = 'pending', attempt = attempt - 1, {_CLEAR} WHERE id = :b_id"
+_PYFORMAT = re.compile(r":(b_\w+)")
+
+OWNED = select(jobs.c.id, jobs.c.fan_out_id, jobs.c.checkpoints).where(
+    jobs.c.id.in_(bindparam("ids", expanding=True)), jobs.c.lease_owner == bindparam("owner"),
+    jobs.c.status == "running")
+OWNED_LOCKED = OWNED.with_for_update()
+
+
+def _executemany(conn: Connection, sql: str, rows: list[dict[str, Any]]) -> None:
+    if conn.dialect.paramstyle == "pyformat":
+        sql = _PYFORMAT.sub(r"%(\1)s", sql)
+    conn.exec_driver_sql(sql, rows)  # type: ignore[arg-type]
 
 
 def claim(conn: Connection, dialect: Dialect, owner: str, queue: str, names: list[str],
@@ -68,11 +80,8 @@ def renew(conn: Connection, dialect: Dialect, owner: str, ids: list[str],
 
 
 def _owned(conn: Connection, owner: str, ids: list[str]) -> dict[str, Any]:
-    query = select(jobs).where(jobs.c.id.in_(ids), jobs.c.lease_owner == owner,
-                               jobs.c.status == "running")
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    return {row.id: row for row in conn.execute(query)}
+    query = OWNED_LOCKED if conn.dialect.name == "postgresql" else OWNED
+    return {row.id: row for row in conn.execute(query, {"ids": ids, "owner": owner})}
 
 
 def finish(conn: Connection, dialect: Dialect, owner: str, items: list[tuple[str, Write]],
@@ -87,7 +96,7 @@ def finish(conn: Connection, dialect: Dialect, owner: str, items: list[tuple[str
         params[type(write)].append(_params(row.id, write, now))
     for kind, stmt in ((Complete, COMPLETE), (Retry, RETRY), (Fail, FAIL), (Release, RELEASE)):
         if params[kind]:
-            conn.execute(stmt, params[kind])
+            _executemany(conn, stmt, params[kind])
     _after_terminal(conn, dialect, applied, now)
     return applied
 
@@ -155,9 +164,9 @@ def reclaim_expired(conn: Connection, dialect: Dialect, now: float,
     for row, write in items:
         by_kind[type(write)].append(_params(row.id, write, now))
     if by_kind[Retry]:
-        conn.execute(RETRY, by_kind[Retry])
+        _executemany(conn, RETRY, by_kind[Retry])
     if by_kind[Fail]:
-        conn.execute(FAIL, by_kind[Fail])
+        _executemany(conn, FAIL, by_kind[Fail])
     _after_terminal(conn, dialect, items, now)
     return items
 

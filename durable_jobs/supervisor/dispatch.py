@@ -58,6 +58,7 @@ class Dispatcher:
         self.lease_timeout = lease_timeout
         self.prefetch = prefetch
         self.writes: list[tuple[str, Write]] = []
+        self.writing: dict[str, Running] = {}  # the jobs behind ``writes``
         self.checkpoints: list[Checkpoint] = []
         self.suspends: list[tuple[Running, FanOutSpec]] = []
         self.ready: dict[str, collections.deque[Ready]] = {q: collections.deque() for q in queues}
@@ -68,8 +69,9 @@ class Dispatcher:
     def pending_writes(self) -> int:
         return len(self.writes) + len(self.checkpoints) + len(self.suspends)
 
-    def add_write(self, job_id: str, write: Write) -> None:
-        self.writes.append((job_id, write))
+    def add_write(self, job: Running, write: Write) -> None:
+        self.writes.append((job.job_id, write))
+        self.writing[job.job_id] = job
         self._mark()
 
     def add_checkpoint(self, checkpoint: Checkpoint) -> None:
@@ -98,12 +100,15 @@ class Dispatcher:
             rows = [_step_row(c, now) for c in checkpoints]
             accepted = leases.save_checkpoints(conn, self.owner, rows)
             done.acks = [(c.job_id, c.position, c.job_id in accepted) for c in checkpoints]
-            done.applied = leases.finish(conn, store.dialect, self.owner, writes, now)
+            applied = leases.finish(conn, store.dialect, self.owner, writes, now)
             for job, spec in suspends:
                 fan_out, subs = self._fan_out_rows(job, spec, now)
                 ok = leases.suspend(conn, store.dialect, self.owner, job.job_id, fan_out, subs)
                 done.suspended.append((job, spec, ok))
             claimed = {q: self._claim(conn, q, n) for q, n in want.items()}
+        done.applied = [(self.writing[row.id], write) for row, write in applied]
+        for job_id, _ in writes:
+            self.writing.pop(job_id, None)
         del self.writes[:len(writes)]
         self.checkpoints, self.suspends = [], []
         self.first_write_at = time.monotonic() if self.pending_writes else None

@@ -33,7 +33,7 @@ class LeaseKeeper:
     def run_once(self, now: float) -> dict[str, int]:
         sup = self.supervisor
         store = sup.store
-        running = [a.job.job_id for a in sup.pool.actors.values() if a.job is not None]
+        running = [job.job_id for a in sup.pool.actors.values() for job in a.jobs]
         held = running + sup.dispatcher.buffered_ids()
         with store.write() as conn:
             kept = leases.renew(conn, store.dialect, sup.id, held, sup.options.lease_timeout)

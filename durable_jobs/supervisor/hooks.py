@@ -3,20 +3,18 @@ and the others still run (one of the three broad ``except`` places)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from durable_jobs.engine import events as ev
 from durable_jobs.engine.errors import JobError
 from durable_jobs.engine.job import Job, Status, to_datetime
 from durable_jobs.engine.outcomes import Complete, Fail, Retry
-from durable_jobs.engine.queue import Queue, job_from_row
+from durable_jobs.engine.queue import Queue
 from durable_jobs.store.leases import Write
+from durable_jobs.supervisor.pool import Running
 
 log = logging.getLogger("durable_jobs.hooks")
 
@@ -31,7 +29,13 @@ class Hooks:
 
     @property
     def wanted(self) -> bool:
-        return self.bus.active or any(self.hooks.values())
+        """Whether anyone listens; checked per job, so it must stay cheap."""
+        return bool(self.bus._subs) or self._has_hooks
+
+    @property
+    def _has_hooks(self) -> bool:
+        hooks = self.hooks
+        return bool(hooks["start"] or hooks["complete"] or hooks["fail"] or hooks["retry"])
 
     def _call(self, kind: str, *args: Any) -> None:
         for hook in self.hooks[kind]:
@@ -40,37 +44,33 @@ class Hooks:
             except Exception:  # noqa: BLE001 - user hook: log and run the others
                 log.exception("on_%s hook %r raised", kind, getattr(hook, "__name__", hook))
 
-    def started(self, row: Any) -> None:
+    def started(self, job: Running) -> None:
         if not self.wanted:
             return
-        job = Job(row.id, row.name, row.queue, Status.RUNNING, json.loads(row.args), None, None,
-                  row.attempt, row.max_attempts, row.priority, to_datetime(row.run_at),
-                  to_datetime(row.created_at), datetime.now(UTC), None, row.parent_id)
-        self._call("start", job)
-        self.bus.publish(ev.JobStarted(job.id, job.name, job.queue))
+        snapshot = snapshot_of(job, Status.RUNNING)
+        self._call("start", snapshot)
+        self.bus.publish(ev.JobStarted(job.job_id, job.name, job.queue))
 
-    def written(self, row: Any, write: Write) -> None:
+    def written(self, job: Running, write: Write) -> None:
         if not self.wanted:
             return
-        job = job_from_row(row)
         now = time.time()
         if isinstance(write, Complete):
-            job = dataclasses.replace(job, status=Status.COMPLETED, error=None,
-                                      result=json.loads(write.result),
-                                      finished_at=to_datetime(now))
-            self._call("complete", job)
-            duration = now - (row.started_at or now)
-            self.bus.publish(ev.JobCompleted(job.id, job.name, job.queue, duration=duration))
+            snapshot = snapshot_of(job, Status.COMPLETED, result=json.loads(write.result),
+                                   finished_at=now)
+            self._call("complete", snapshot)
+            duration = time.monotonic() - job.started if job.started else 0.0
+            self.bus.publish(ev.JobCompleted(job.job_id, job.name, job.queue,
+                                             duration=duration))
         elif isinstance(write, Fail):
-            job = dataclasses.replace(job, status=Status.FAILED, error=write.error,
-                                      finished_at=to_datetime(now))
-            self._call("fail", job, write.error)
-            self.bus.publish(ev.JobFailed(job.id, job.name, job.queue, error=write.error))
+            snapshot = snapshot_of(job, Status.FAILED, error=write.error, finished_at=now)
+            self._call("fail", snapshot, write.error)
+            self.bus.publish(ev.JobFailed(job.job_id, job.name, job.queue, error=write.error))
         elif isinstance(write, Retry):
-            job = dataclasses.replace(job, status=Status.PENDING, error=write.error)
+            snapshot = snapshot_of(job, Status.PENDING, error=write.error)
             next_run = to_datetime(write.run_at)
-            self._call("retry", job, write.error, next_run)
-            self.bus.publish(ev.JobRetrying(job.id, job.name, job.queue, error=write.error,
+            self._call("retry", snapshot, write.error, next_run)
+            self.bus.publish(ev.JobRetrying(job.job_id, job.name, job.queue, error=write.error,
                                             next_run_at=next_run))
 
     def publish(self, event: Any) -> None:
@@ -80,5 +80,11 @@ class Hooks:
         self.bus.publish(ev.CustomEvent(job_id, kind, data))
 
 
-Hook = Callable[..., Any]
-__all__ = ["Hooks", "JobError"]
+def snapshot_of(job: Running, status: Status, result: Any = None,
+                error: JobError | None = None, finished_at: float | None = None) -> Job:
+    """A Job snapshot from what the claim returned, with the state the write gives it."""
+    row = job.row
+    return Job(job.job_id, job.name, job.queue, status, json.loads(job.args), result, error,
+               job.attempt, job.max_attempts, row.priority, to_datetime(row.run_at),
+               to_datetime(row.created_at), to_datetime(row.started_at),
+               to_datetime(finished_at), row.parent_id)

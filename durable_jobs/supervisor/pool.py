@@ -8,6 +8,7 @@ STOPPING (asked or forced to exit).
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 import os
@@ -68,11 +69,22 @@ class Actor:
     proc: subprocess.Popen[bytes]
     pidfd: int
     state: ActorState = ActorState.STARTING
-    job: Running | None = None
+    jobs: collections.deque[Running] = field(default_factory=collections.deque)
     jobs_done: int = 0
     last_seen: float = field(default_factory=time.monotonic)
     kill_at: float | None = None  # monotonic: SIGKILL if still alive then
     stop_reason: str | None = None
+
+    @property
+    def job(self) -> Running | None:
+        """The job the actor is running now: the head of its leases (they run in order)."""
+        return self.jobs[0] if self.jobs else None
+
+    def capacity(self, depth: int) -> int:
+        """How many more leases this actor may hold (0 unless it is booted and live)."""
+        if self.state not in (ActorState.IDLE, ActorState.BUSY):
+            return 0
+        return depth - len(self.jobs)
 
 
 class Pool:
@@ -123,8 +135,15 @@ class Pool:
     def idle(self, queue: str) -> list[Actor]:
         return [a for a in self.actors.values() if a.queue == queue and a.state is ActorState.IDLE]
 
+    def open_slots(self, queue: str, depth: int) -> list[tuple[Actor, int]]:
+        """Actors of ``queue`` that can take more leases, emptiest first, with how many."""
+        slots = [(a, a.capacity(depth)) for a in self.actors.values() if a.queue == queue]
+        slots = [(a, n) for a, n in slots if n > 0]
+        slots.sort(key=lambda item: -item[1])
+        return slots
+
     def busy(self) -> list[Actor]:
-        return [a for a in self.actors.values() if a.job is not None]
+        return [a for a in self.actors.values() if a.jobs]
 
     def booted(self, actor: Actor) -> None:
         actor.state = ActorState.IDLE

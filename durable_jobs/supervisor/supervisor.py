@@ -49,6 +49,7 @@ from durable_jobs.supervisor.signals import SignalTable, Wakeup
 log = logging.getLogger("durable_jobs.supervisor")
 
 BOOT_TIMEOUT = 60.0
+MAX_DEPTH = 16  # leases one actor may hold at once when prefetch > 0
 FLUSH_INTERVAL = 0.002
 SQLITE_POLL = 0.005
 
@@ -104,6 +105,9 @@ class Supervisor:
         self.drain_deadline = 0.0
         self.started = threading.Event()
         self.error: BaseException | None = None
+        # Zero prefetch: an actor holds one lease, the one it runs. Otherwise a few more are
+        # queued in the actor so quick jobs need no round trip each.
+        self.depth = 1 if options.prefetch <= 0 else min(MAX_DEPTH, 1 + options.prefetch)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -147,7 +151,8 @@ class Supervisor:
             blob = cloudpickle.dumps(self.queue.registry)
         except Exception as exc:  # noqa: BLE001 - name the unpicklable handler
             raise DurableJobsError(f"cannot send the handlers to actors: {exc}") from exc
-        return p.Init(tuple(sys.path), blob, self.options.heartbeat_interval)
+        measure = any(q.max_memory_mb for q in self.options.queues.values())
+        return p.Init(tuple(sys.path), blob, self.options.heartbeat_interval, measure)
 
     def run(self, install_signals: bool = True) -> None:
         """Run until stopped (SIGTERM/SIGINT, ``stop()``); blocks."""
@@ -205,6 +210,7 @@ class Supervisor:
         self.keep_pool(now)
         self.read_messages(now)
         self.enforce_limits(now)
+        self.dispatch(now)  # from the prefetch buffer first: actors need not wait on the DB
         self.flush(now)
         self.dispatch(now)
         self.duties.run_due(now, time.time())
@@ -265,6 +271,7 @@ class Supervisor:
                     "TimeoutError", f"job exceeded its timeout of {job.timeout:g} s; "
                     "its actor was killed"), retry_now=False)
                 self.pool.stop(actor, "timeout")
+                self.release_queued(actor)
             elif actor.state in (ActorState.IDLE, ActorState.BUSY) and \
                     now - actor.last_seen > silent_after:
                 log.error("actor %s silent for %.1f s; killing it", actor.id,
@@ -293,7 +300,7 @@ class Supervisor:
         poll_due = now >= self.next_poll
         woke = self.wake.notified or poll_due
         for queue in self.options.queues:
-            idle = len(self.pool.idle(queue))
+            idle = sum(n for _, n in self.pool.open_slots(queue, self.depth))
             buffered = len(d.ready[queue])
             want = idle + self.options.prefetch - buffered
             starving = idle > buffered
@@ -321,8 +328,8 @@ class Supervisor:
         for job, _spec, ok in flushed.suspended:
             if not ok:
                 log.warning("fan-out of job %s dropped: its lease was lost", job.job_id)
-        for row, write in flushed.applied:
-            self.hooks.written(row, write)
+        for job, write in flushed.applied:
+            self.hooks.written(job, write)
 
     def dispatch(self, now: float) -> None:
         if self.phase is not Phase.RUNNING or self.paused is not None:
@@ -330,17 +337,26 @@ class Supervisor:
         for queue, ready in self.dispatcher.ready.items():
             if not ready:
                 continue
-            for actor in self.pool.idle(queue):
-                if not ready:
+            for actor, slots in self.pool.open_slots(queue, self.depth):
+                batch = [ready.popleft() for _ in range(min(slots, len(ready)))]
+                if not batch:
                     break
-                item = ready.popleft()
-                job = item.job
-                job.started = now
-                job.deadline = now + job.timeout if job.timeout else None
-                actor.job, actor.state = job, ActorState.BUSY
-                self.send(actor.id, p.Lease(job.job_id, job.name, job.queue, job.args,
-                                            job.attempt, job.max_attempts, item.steps))
-                self.hooks.started(job.row)
+                was_idle = not actor.jobs
+                for item in batch:
+                    actor.jobs.append(item.job)
+                    self.hooks.started(item.job)
+                if was_idle:
+                    self._starts(actor.jobs[0], now)
+                actor.state = ActorState.BUSY
+                leases = [p.Lease(i.job.job_id, i.job.name, i.job.queue, i.job.args,
+                                  i.job.attempt, i.job.max_attempts, i.steps) for i in batch]
+                self.send(actor.id, leases[0] if len(leases) == 1 else p.Leases(tuple(leases)))
+
+    @staticmethod
+    def _starts(job: Running, now: float) -> None:
+        """The job is at the head of its actor's leases: its clock starts now."""
+        job.started = now
+        job.deadline = now + job.timeout if job.timeout else None
 
     def check_drained(self, now: float) -> None:
         if self.phase is not Phase.DRAINING:
@@ -394,13 +410,13 @@ class Supervisor:
 
     def _idle_actors(self) -> bool:
         return self.phase is Phase.RUNNING and self.paused is None and any(
-            a.state is ActorState.IDLE for a in self.pool.actors.values())
+            a.capacity(self.depth) > 0 for a in self.pool.actors.values())
 
     # -- messages ------------------------------------------------------------------------
 
     def send(self, actor_id: str, message: Any) -> None:
         try:
-            self.router.send_multipart([actor_id.encode(), p.encode(message)], copy=False)
+            self.router.send_multipart([actor_id.encode(), p.encode(message)])
         except zmq.ZMQError as exc:
             log.warning("could not send to actor %s: %s", actor_id, exc)
 
@@ -427,6 +443,9 @@ class Supervisor:
         match message:
             case p.Outcome():
                 self.on_outcome(actor, message)
+            case p.Outcomes(outcomes=outcomes):
+                for outcome in outcomes:
+                    self.on_outcome(actor, outcome)
             case p.Checkpoint():
                 if actor.job is not None and actor.job.job_id == message.job_id:
                     self.dispatcher.add_checkpoint(message)
@@ -450,18 +469,20 @@ class Supervisor:
         job = actor.job
         if job is None or job.job_id != outcome.job_id:
             return  # stale: the job was timed out, cancelled or released meanwhile
-        actor.job = None
+        actor.jobs.popleft()
         actor.jobs_done += 1
-        if actor.state is ActorState.BUSY:
+        if actor.jobs:
+            self._starts(actor.jobs[0], time.monotonic())
+        elif actor.state is ActorState.BUSY:
             actor.state = ActorState.IDLE
         if outcome.kind == "completed":
-            self.dispatcher.add_write(job.job_id, Complete(outcome.result or "null"))
+            self.dispatcher.add_write(job, Complete(outcome.result or "null"))
         elif outcome.kind == "suspended" and outcome.fan_out is not None:
             self.dispatcher.add_suspend(job, outcome.fan_out)
         else:
             error = outcome.error or JobError("Error", "the handler failed")
             failed = Failed(error, outcome.no_retry, outcome.retry_after)
-            self.dispatcher.add_write(job.job_id, self._decide(job, failed))
+            self.dispatcher.add_write(job, self._decide(job, failed))
         self._maybe_recycle(actor, outcome.rss_mb)
 
     def _decide(self, job: Running, failed: Failed) -> Any:
@@ -475,7 +496,7 @@ class Supervisor:
             reason = f"served {actor.jobs_done} jobs"
         elif settings.max_memory_mb and rss_mb > settings.max_memory_mb:
             reason = f"uses {rss_mb:.0f} MiB > max_memory_mb {settings.max_memory_mb}"
-        if reason is not None and actor.state is ActorState.IDLE:
+        if reason is not None and actor.state is ActorState.IDLE and not actor.jobs:
             log.info("recycling actor %s: %s", actor.id, reason)
             self.send(actor.id, p.Stop())
             actor.state = ActorState.STOPPING
@@ -496,35 +517,51 @@ class Supervisor:
             log.error("actor %s running job %s died: %s", actor.id, actor.job.job_id,
                       description)
             self.fail_running(actor, JobError("ActorExited", description), retry_now=True)
+            self.release_queued(actor)
         elif actor.stop_reason is None and self.phase is Phase.RUNNING:
             log.warning("actor %s exited (%s)", actor.id, exit_description(code))
 
     def fail_running(self, actor: Actor, error: JobError, retry_now: bool) -> None:
-        """Record a failed attempt for the actor's job (crash, timeout); frees the actor."""
-        job = actor.job
-        assert job is not None
-        actor.job = None
+        """Record a failed attempt for the job the actor runs (crash, timeout)."""
+        job = actor.jobs.popleft()
         failed = Failed(error, retry_after=0.0 if retry_now else None)
-        self.dispatcher.add_write(job.job_id, self._decide(job, failed))
+        self.dispatcher.add_write(job, self._decide(job, failed))
+
+    def release_queued(self, actor: Actor) -> None:
+        """Leases the actor holds but has not started go back to pending, attempt unused."""
+        while actor.jobs:
+            self.dispatcher.add_write(actor.jobs.popleft(), Release())
+
+    def revoke_queued(self) -> None:
+        """Take back leases queued in actors behind the running one (pause, drain)."""
+        for actor in self.pool.actors.values():
+            while len(actor.jobs) > 1:
+                job = actor.jobs.pop()
+                self.send(actor.id, p.Revoke(job.job_id))
+                self.dispatcher.add_write(job, Release())
 
     def release_running(self, actor: Actor, reason: str) -> None:
-        """Kill the actor and give its job back to pending without using an attempt."""
-        job = actor.job
-        if job is None:
+        """Kill the actor and give all its jobs back to pending without using an attempt."""
+        if not actor.jobs:
             return
-        actor.job = None
         self.pool.stop(actor, reason, force=True)
-        self.dispatcher.add_write(job.job_id, Release())
+        self.release_queued(actor)
 
     def lease_lost(self, job_ids: set[str]) -> None:
-        """Jobs cancelled or paused elsewhere: kill their actors, write nothing."""
+        """Jobs cancelled or paused elsewhere: kill the actor running one, write nothing."""
         self.dispatcher.drop(job_ids)
         for actor in list(self.pool.actors.values()):
-            if actor.job is not None and actor.job.job_id in job_ids:
+            head = actor.job
+            if head is not None and head.job_id in job_ids:
                 log.info("job %s was cancelled or paused elsewhere; killing actor %s",
-                         actor.job.job_id, actor.id)
-                actor.job = None
+                         head.job_id, actor.id)
+                actor.jobs.popleft()
                 self.pool.stop(actor, "lease lost", force=True)
+                self.release_queued(actor)
+                continue
+            for job in [j for j in actor.jobs if j.job_id in job_ids]:
+                actor.jobs.remove(job)
+                self.send(actor.id, p.Revoke(job.job_id))
 
     def begin_drain(self, timeout: float) -> None:
         if self.phase is not Phase.RUNNING:
@@ -533,11 +570,13 @@ class Supervisor:
         self.phase = Phase.DRAINING
         self.drain_deadline = time.monotonic() + timeout
         self.dispatcher.release_buffered()
+        self.revoke_queued()
 
     def pause(self, mode: PauseMode) -> None:
         mode = PauseMode(mode)
         self.paused = mode
         self.dispatcher.release_buffered()
+        self.revoke_queued()
         if mode is PauseMode.AGGRESSIVE:
             for actor in self.pool.busy():
                 self.release_running(actor, "aggressive pause")

@@ -17,7 +17,7 @@ INSERT_COLUMNS = (
 )
 CLAIM_RETURNING = (
     "id, name, queue, args, attempt, max_attempts, max_backoff, timeout, priority, "
-    "checkpoints, parent_id, run_at, created_at"
+    "checkpoints, parent_id, run_at, created_at, started_at"
 )
 
 

@@ -8,6 +8,8 @@ never fails half-way with SQLITE_BUSY on lock upgrade. Read-only connections (ma
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from typing import Any
 
 from sqlalchemy import Connection, Engine, event, text
@@ -50,9 +52,23 @@ def _on_connect(dbapi_conn: Any, _record: Any) -> None:
     # The busy timeout first: switching a new file to WAL takes a lock that a process
     # connecting at the same moment must wait for, not fail on ("database is locked").
     cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    cur.execute("PRAGMA journal_mode=WAL")
+    _enable_wal(cur)
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def _enable_wal(cur: Any) -> None:
+    """``PRAGMA journal_mode=WAL``, retried: when several processes open a new file at once,
+    SQLite may answer SQLITE_BUSY at once, without calling the busy handler (lock upgrade)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
 
 
 def _on_begin(conn: Connection) -> None:

@@ -1,0 +1,157 @@
+"""Throughput of the supervisor + actors on SQLite and PostgreSQL.
+
+* no-op: N pre-enqueued no-op jobs (default 20,000), 2 actors; jobs/s from worker start
+  (actor boot included) until the last job is completed, and from the first completion.
+* CPU-bound: 500 jobs of ~20 ms pure-Python work, 2 actors, worker start included, against
+  ``multiprocessing.Pool(2)`` running the same function on the same inputs in the same run.
+
+Targets on the 2-core machine: >= 10,000 no-op jobs/s on PostgreSQL, >= 25,000/s on SQLite;
+CPU-bound throughput >= 95% of Pool(2)'s.
+
+Run: ``.venv/bin/python benchmarks/throughput.py [--backend sqlite|postgresql|all]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import durable_jobs as jobs  # noqa: E402
+from durable_jobs.store.schema import jobs as jobs_table  # noqa: E402
+
+PG_URL = os.environ.get("DURABLE_BENCH_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
+TARGET_NOOP = {"sqlite": 25_000, "postgresql": 10_000}
+CPU_TARGET = 0.95
+
+
+def noop(args: object) -> None:
+    return None
+
+
+def burn(n: int) -> int:
+    """About 20 ms of pure-Python work for n = 110_000 on this machine."""
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
+
+
+def burn_job(args: int) -> int:
+    return burn(args)
+
+
+@contextmanager
+def database(backend: str) -> Iterator[str]:
+    if backend == "sqlite":
+        with tempfile.TemporaryDirectory() as tmp:
+            yield f"sqlite:///{tmp}/bench.db"
+        return
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def completed(store: jobs.Store) -> int:
+    with store.read() as conn:
+        query = select(func.count()).select_from(jobs_table).where(
+            jobs_table.c.status == "completed")
+        return int(conn.execute(query).scalar_one())
+
+
+def wait_all(store: jobs.Store, n: int, timeout: float = 600) -> float:
+    deadline = time.monotonic() + timeout
+    while completed(store) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {completed(store)} of {n} jobs completed")
+        time.sleep(0.02)
+    return time.perf_counter()
+
+
+def run_jobs(url: str, name: str, handler: object, args: list[object], prefetch: int
+             ) -> tuple[float, float]:
+    """(seconds from worker start, seconds from first completion) to finish all jobs."""
+    store = jobs.Store(url)
+    store.migrate()
+    queue = jobs.Queue(store)
+    queue.register(name, handler)  # type: ignore[arg-type]
+    queue.enqueue_many([jobs.Sub(name, a) for a in args])
+    start = time.perf_counter()
+    worker = queue.worker({"default": 2}, prefetch=prefetch).start()
+    try:
+        first = _first_completion(store)
+        end = wait_all(store, len(args))
+    finally:
+        worker.stop(timeout=10)
+    store.dispose()
+    return end - start, end - first
+
+
+def _first_completion(store: jobs.Store) -> float:
+    while completed(store) == 0:
+        time.sleep(0.001)
+    return time.perf_counter()
+
+
+def bench_noop(backend: str, n: int, prefetch: int) -> None:
+    with database(backend) as url:
+        total, steady = run_jobs(url, "noop", noop, [None] * n, prefetch)
+    rate, steady_rate = n / total, n / steady
+    target = TARGET_NOOP[backend]
+    verdict = "PASS" if rate >= target else "MISS"
+    print(f"[{backend}] no-op x{n}, 2 actors, prefetch {prefetch}: {rate:,.0f} jobs/s "
+          f"incl. worker start ({total:.2f} s), {steady_rate:,.0f} jobs/s steady; "
+          f"target >= {target:,} -> {verdict}")
+
+
+def bench_cpu(backend: str, n_jobs: int, work: int) -> None:
+    inputs = [work] * n_jobs
+    start = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.map(burn, inputs, chunksize=1)
+    pool_time = time.perf_counter() - start
+    with database(backend) as url:
+        ours, _ = run_jobs(url, "burn", burn_job, inputs, prefetch=0)
+    ratio = pool_time / ours
+    verdict = "PASS" if ratio >= CPU_TARGET else "MISS"
+    print(f"[{backend}] CPU-bound {n_jobs} x {work} iterations: Pool(2) {pool_time:.2f} s, "
+          f"durable-jobs {ours:.2f} s (worker start included) -> {ratio:.1%} of Pool(2); "
+          f"target >= {CPU_TARGET:.0%} -> {verdict}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=["sqlite", "postgresql", "all"], default="all")
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--prefetch", type=int, default=256)
+    parser.add_argument("--cpu-jobs", type=int, default=500)
+    parser.add_argument("--cpu-work", type=int, default=110_000)
+    parser.add_argument("--skip-cpu", action="store_true")
+    args = parser.parse_args()
+    backends = ["sqlite", "postgresql"] if args.backend == "all" else [args.backend]
+    for backend in backends:
+        bench_noop(backend, args.n, args.prefetch)
+        if not args.skip_cpu:
+            bench_cpu(backend, args.cpu_jobs, args.cpu_work)
+
+
+if __name__ == "__main__":
+    main()
