@@ -110,3 +110,24 @@ def test_changed_spec_restarts_from_its_next_tick(store: jobs.Store) -> None:
     scheduler.ensure(T0 + 301)
     assert scheduler.run_once(T0 + 599).fired == 0
     assert scheduler.run_once(T0 + 600).fired == 1
+
+
+def tick_handler(args: object) -> str:
+    return "ticked"
+
+
+@pytest.mark.timeout(60)
+def test_worker_with_scheduler_runs_scheduled_jobs(store: jobs.Store) -> None:
+    from tests.helpers import wait_until
+
+    queue = jobs.Queue(store)
+    queue.register("tick", tick_handler)
+    queue.schedule("tick", jobs.Every(1))
+    with queue.worker({"default": 1}, scheduler=True, poll_interval=0.1):
+        def completed_ticks() -> int:
+            with store.read() as conn:
+                return int(conn.execute(
+                    select(func.count()).select_from(jobs_table).where(
+                        jobs_table.c.name == "tick", jobs_table.c.status == "completed")
+                ).scalar_one())
+        wait_until(lambda: completed_ticks() >= 2, timeout=20, message="two ticks ran")
