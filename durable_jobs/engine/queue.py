@@ -212,7 +212,9 @@ class Queue:
             now = time.time()
             cancelled = job_rows.cancel_ids(conn, store.dialect,
                                             job_rows.subtree(conn, job_id))
-            fanouts.settle(conn, store.dialect, ((r.fan_out_id, False) for r in cancelled), now)
+            if fanouts.settle(conn, store.dialect, ((r.fan_out_id, False) for r in cancelled),
+                              now):
+                store.dialect.notify(conn)
         for r in cancelled:
             self.bus.publish(ev.JobCancelled(r.id, r.name, r.queue))
 

@@ -91,6 +91,11 @@ class Duties:
             counts = self.reaper.run_once(wall)
             if counts.reclaimed or counts.fan_outs_expired:
                 self.supervisor.wake.notified = True
+            if counts.fan_outs_expired:
+                # Expiry cancelled unfinished sub-jobs, maybe on our own actors: check our
+                # leases on the next turn, not a lease interval later, so those actors are
+                # killed and freed for the resumed parents at once.
+                self.due["leases"] = 0.0
         elif name == "scheduler" and self.scheduler is not None:
             if self.scheduler.run_once(wall).fired:
                 self.supervisor.wake.notified = True

@@ -130,7 +130,7 @@ def test_claim_sets_lease_and_returns_what_dispatch_needs(store: jobs.Store,
         job_id, "a", "default", '{"x":1}', 1, 3, 9.0, 4, 0, None)
     stored = rows_by_id(store)[job_id]
     assert stored.status == "running" and stored.lease_owner == "w1"
-    assert before + 29 < stored.lease_expires_at < before + 31
+    assert before + 29 < stored.lease_expires_at < before + 40  # generous under load
     assert stored.started_at >= before - 0.01
     assert claim(store, ["a"]) == []
 

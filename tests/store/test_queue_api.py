@@ -1,0 +1,464 @@
+"""The Queue API (API.md §1–§5) against a real store, on SQLite and PostgreSQL.
+
+Jobs are moved through their states with the store's lease functions, the way a supervisor
+would, so these tests need no worker.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import create_engine, func, select
+
+import durable_jobs as jobs
+from durable_jobs.engine.outcomes import Complete, Fail
+from durable_jobs.store import jobs as job_rows
+from durable_jobs.store import leases
+from durable_jobs.store.schema import jobs as jobs_table
+
+ERR = jobs.JobError("myapp.errors.Declined", "card declined", "Traceback ...")
+
+
+def count_jobs(store: jobs.Store) -> int:
+    with store.read() as conn:
+        return int(conn.execute(select(func.count()).select_from(jobs_table)).scalar_one())
+
+
+def row(store: jobs.Store, job_id: str) -> Any:
+    with store.read() as conn:
+        return conn.execute(select(jobs_table).where(jobs_table.c.id == job_id)).one()
+
+
+def run(store: jobs.Store, job_id: str, write: Any = None, owner: str = "w1") -> None:
+    """Claim ``job_id`` (it must be the only ready job of its name) and write an outcome."""
+    job = row(store, job_id)
+    with store.write() as conn:
+        got = leases.claim(conn, store.dialect, owner, job.queue, [job.name], 10, 30)
+    assert [r.id for r in got] == [job_id]
+    if write is not None:
+        with store.write() as conn:
+            assert leases.finish(conn, store.dialect, owner, [(job_id, write)], time.time())
+
+
+def assert_aware_utc(value: datetime | None) -> None:
+    assert value is not None
+    assert value.tzinfo is not None and value.utcoffset() == timedelta(0)
+
+
+# -- enqueue options -----------------------------------------------------------------------
+
+
+def test_enqueue_defaults(store: jobs.Store, queue: jobs.Queue) -> None:
+    before = time.time()
+    job_id = queue.enqueue("send-email", {"to": "u@example.com"})
+    after = time.time()
+    job = queue.get(job_id)
+    assert isinstance(job, jobs.Job)
+    assert (job.id, job.name, job.queue, job.status, job.args) == (
+        job_id, "send-email", "default", jobs.Status.PENDING, {"to": "u@example.com"})
+    assert (job.result, job.error, job.attempt, job.max_attempts, job.priority,
+            job.parent_id) == (None, None, 0, 4, 0, None)
+    assert_aware_utc(job.created_at)
+    assert_aware_utc(job.run_at)
+    assert job.created_at is not None and job.run_at is not None
+    assert before - 0.01 <= job.created_at.timestamp() <= after + 0.01
+    assert abs(job.run_at.timestamp() - job.created_at.timestamp()) < 0.01
+    assert (job.started_at, job.finished_at) == (None, None)
+    assert row(store, job_id).timeout is None
+    with pytest.raises(AttributeError):
+        job.status = jobs.Status.RUNNING  # type: ignore[misc] - a frozen snapshot
+
+
+def test_enqueue_without_args(queue: jobs.Queue) -> None:
+    assert queue.get(queue.enqueue("tick")).args is None
+
+
+def test_enqueue_options(store: jobs.Store, queue: jobs.Queue) -> None:
+    job_id = queue.enqueue("send-email", [1], priority=100, retries=5, queue="critical",
+                           timeout=30)
+    job = queue.get(job_id)
+    assert (job.priority, job.max_attempts, job.queue) == (100, 6, "critical")
+    assert row(store, job_id).timeout == 30.0
+    assert queue.get(queue.enqueue("a", retries=0)).max_attempts == 1
+    assert row(store, queue.enqueue("a", timeout=timedelta(minutes=2))).timeout == 120.0
+    assert row(store, queue.enqueue("a", max_backoff=7)).max_backoff == 7.0
+
+
+@pytest.mark.parametrize("delay", [10, 10.0, timedelta(seconds=10)])
+def test_enqueue_delay(queue: jobs.Queue, delay: Any) -> None:
+    job = queue.get(queue.enqueue("a", delay=delay))
+    assert job.run_at is not None and job.created_at is not None
+    assert job.run_at - job.created_at == pytest.approx(timedelta(seconds=10),
+                                                        abs=timedelta(milliseconds=10))
+
+
+def test_enqueue_run_at(queue: jobs.Queue) -> None:
+    aware = datetime(2031, 5, 6, 7, 8, 9, 500000, tzinfo=UTC)
+    naive = aware.replace(tzinfo=None)
+    elsewhere = aware.astimezone(timezone(timedelta(hours=-7)))
+    for when in (aware, naive, elsewhere):
+        job = queue.get(queue.enqueue("a", run_at=when))
+        assert job.run_at == aware  # naive means UTC
+        assert_aware_utc(job.run_at)
+    # run_at wins over delay.
+    assert queue.get(queue.enqueue("a", run_at=aware, delay=5)).run_at == aware
+
+
+def test_registration_options_are_defaults(store: jobs.Store, queue: jobs.Queue) -> None:
+    def charge(args: Any) -> None: ...
+
+    queue.register("charge", charge, retries=7, timeout=9, queue="payments", priority=3,
+                   max_backoff=10)
+
+    @queue.job("refund", retries=1, queue="payments")
+    def refund(args: Any) -> None: ...
+
+    defaults = row(store, queue.enqueue("charge"))
+    assert (defaults.max_attempts, defaults.timeout, defaults.queue, defaults.priority,
+            defaults.max_backoff) == (8, 9.0, "payments", 3, 10.0)
+    overridden = row(store, queue.enqueue("charge", retries=0, timeout=1, queue="other",
+                                          priority=-2, max_backoff=2))
+    assert (overridden.max_attempts, overridden.timeout, overridden.queue,
+            overridden.priority, overridden.max_backoff) == (1, 1.0, "other", -2, 2.0)
+    partly = row(store, queue.enqueue("charge", priority=0))
+    assert (partly.priority, partly.max_attempts, partly.queue) == (0, 8, "payments")
+    decorated = queue.get(queue.enqueue("refund"))
+    assert (decorated.max_attempts, decorated.queue, decorated.priority) == (2, "payments", 0)
+    assert refund.__name__ == "refund"  # the decorator returns the function
+    # A name registered only elsewhere gets the defaults.
+    unknown = row(store, queue.enqueue("elsewhere"))
+    assert (unknown.max_attempts, unknown.queue, unknown.priority, unknown.timeout) == (
+        4, "default", 0, None)
+
+
+def test_registration_options_apply_to_enqueue_many(store: jobs.Store,
+                                                    queue: jobs.Queue) -> None:
+    queue.register("charge", lambda args: None, retries=7, queue="payments", priority=3)
+    first, second = queue.enqueue_many([jobs.Sub("charge"), jobs.Sub("charge", priority=9)])
+    assert (row(store, first).queue, row(store, first).max_attempts) == ("payments", 8)
+    assert (row(store, second).priority, row(store, second).queue) == (9, "payments")
+
+
+# -- enqueue_many and connection= ----------------------------------------------------------
+
+
+def test_enqueue_many(store: jobs.Store, queue: jobs.Queue) -> None:
+    subs = [jobs.Sub("item", {"n": i}) for i in range(50)]
+    subs.append(jobs.Sub("item", "opts", priority=5, retries=1, queue="batch", timeout=3))
+    ids = queue.enqueue_many(subs)
+    assert len(ids) == len(set(ids)) == 51
+    assert count_jobs(store) == 51
+    assert [queue.get(i).args for i in ids[:50]] == [{"n": i} for i in range(50)]
+    last = row(store, ids[-1])
+    assert (last.priority, last.max_attempts, last.queue, last.timeout) == (5, 2, "batch", 3.0)
+    assert {queue.get(i).status for i in ids} == {jobs.Status.PENDING}
+    assert queue.enqueue_many([]) == []
+    assert queue.enqueue_many(iter([jobs.Sub("gen")])) != []
+
+
+BAD_SUBS = [jobs.Sub("bad name"), jobs.Sub("item", {1, 2}), jobs.Sub("item", "x" * (1 << 20)),
+            jobs.Sub("item", queue="1q"), jobs.Sub("item", retries=-1)]
+
+
+def test_enqueue_many_is_all_or_nothing(store: jobs.Store, queue: jobs.Queue) -> None:
+    for bad in BAD_SUBS:
+        for where in (0, 25, 49):
+            subs = [jobs.Sub("item", i) for i in range(49)]
+            subs.insert(where, bad)
+            with pytest.raises((jobs.DurableJobsError, TypeError, ValueError)):
+                queue.enqueue_many(subs)
+    assert count_jobs(store) == 0
+
+
+def test_enqueue_many_rolls_back_on_a_database_error(store: jobs.Store,
+                                                     queue: jobs.Queue) -> None:
+    (existing,) = queue.enqueue_many([jobs.Sub("item")])
+    # A bulk insert that fails in the database (a duplicate primary key) writes nothing.
+    with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)):
+        with store.write() as conn:
+            now = time.time()
+            good = (f"{existing[:-4]}ffff", "item", "default", "1", "pending", 0, 0, 1, 1.0,
+                    None, now, None, None, None, None, 0, now)
+            dup = (existing,) + good[1:]
+            job_rows.insert_many(conn, store.dialect, [good, dup])
+    assert count_jobs(store) == 1
+
+
+def test_enqueue_in_the_callers_transaction(db_url: str, store: jobs.Store,
+                                            queue: jobs.Queue) -> None:
+    engine = create_engine(db_url)  # the application's own engine
+    try:
+        with engine.connect() as conn:
+            tx = conn.begin()
+            job_id = queue.enqueue("a", {"tx": "rolled back"}, connection=conn)
+            ids = queue.enqueue_many([jobs.Sub("a"), jobs.Sub("b")], connection=conn)
+            tx.rollback()
+        with pytest.raises(jobs.JobNotFoundError):
+            queue.get(job_id)
+        assert count_jobs(store) == 0
+        with engine.connect() as conn:
+            with conn.begin():
+                job_id = queue.enqueue("a", {"tx": "committed"}, connection=conn)
+                ids = queue.enqueue_many([jobs.Sub("a"), jobs.Sub("b")], connection=conn)
+        assert queue.get(job_id).args == {"tx": "committed"}
+        assert [queue.get(i).name for i in ids] == ["a", "b"]
+        assert count_jobs(store) == 3
+    finally:
+        engine.dispose()
+
+
+def test_enqueue_with_connection_rolls_back_with_the_callers_error(
+        store: jobs.Store, queue: jobs.Queue) -> None:
+    with pytest.raises(RuntimeError):
+        with store.engine.begin() as conn:
+            queue.enqueue("a", connection=conn)
+            raise RuntimeError("the application's own work failed")
+    assert count_jobs(store) == 0
+
+
+# -- cancel, retry, pause, resume ----------------------------------------------------------
+
+
+def test_cancel_pending(store: jobs.Store, queue: jobs.Queue) -> None:
+    job_id = queue.enqueue("a")
+    queue.cancel(job_id)
+    job = queue.get(job_id)
+    assert job.status is jobs.Status.CANCELLED
+    assert_aware_utc(job.finished_at)
+    with pytest.raises(jobs.JobCancelledError) as info:
+        queue.result(job_id, timeout=1)
+    assert info.value.job_id == job_id
+    with store.write() as conn:
+        assert leases.claim(conn, store.dialect, "w1", "default", ["a"], 10, 30) == []
+
+
+@pytest.mark.parametrize("state", ["paused", "running"])
+def test_cancel_paused_and_running(store: jobs.Store, queue: jobs.Queue, state: str) -> None:
+    job_id = queue.enqueue("a")
+    if state == "paused":
+        queue.pause_job(job_id)
+    else:
+        run(store, job_id)
+    queue.cancel(job_id)
+    assert queue.get(job_id).status is jobs.Status.CANCELLED
+
+
+def test_cancel_finished_job_is_refused(store: jobs.Store, queue: jobs.Queue) -> None:
+    job_id = queue.enqueue("a")
+    run(store, job_id, Complete("1"))
+    with pytest.raises(jobs.InvalidStateError, match="completed"):
+        queue.cancel(job_id)
+    assert queue.get(job_id).status is jobs.Status.COMPLETED
+
+
+@pytest.mark.parametrize("end", ["failed", "cancelled"])
+def test_retry_runs_again_from_the_start(store: jobs.Store, queue: jobs.Queue,
+                                         end: str) -> None:
+    job_id = queue.enqueue("a", {"again": True}, retries=0)
+    if end == "failed":
+        run(store, job_id, Fail(ERR))
+    else:
+        queue.cancel(job_id)
+    assert queue.get(job_id).status == end
+    queue.retry(job_id)
+    job = queue.get(job_id)
+    assert (job.status, job.attempt, job.error, job.result, job.finished_at) == (
+        jobs.Status.PENDING, 0, None, None, None)
+    assert job.args == {"again": True} and job.max_attempts == 1
+    run(store, job_id, Complete('"second time"'))
+    assert queue.result(job_id, timeout=1) == "second time"
+    assert queue.get(job_id).attempt == 1
+
+
+@pytest.mark.parametrize("state", ["completed", "pending", "running", "paused"])
+def test_retry_refused_unless_failed_or_cancelled(store: jobs.Store, queue: jobs.Queue,
+                                                  state: str) -> None:
+    job_id = queue.enqueue("a")
+    if state == "completed":
+        run(store, job_id, Complete("1"))
+    elif state == "running":
+        run(store, job_id)
+    elif state == "paused":
+        queue.pause_job(job_id)
+    with pytest.raises(jobs.InvalidStateError) as info:
+        queue.retry(job_id)
+    assert info.value.state == state and state in str(info.value)
+    assert info.value.job_id == job_id
+    assert queue.get(job_id).status == state
+
+
+def test_retry_keeps_the_unique_key_rule(store: jobs.Store, queue: jobs.Queue) -> None:
+    old = queue.enqueue("a", unique="order-1")
+    queue.cancel(old)
+    new = queue.enqueue("a", unique="order-1")
+    with pytest.raises(jobs.DuplicateJobError) as info:
+        queue.retry(old)
+    assert info.value.job_id == new
+    assert queue.get(old).status is jobs.Status.CANCELLED
+    queue.cancel(new)
+    queue.retry(old)
+    assert queue.get(old).status is jobs.Status.PENDING
+
+
+def test_pause_and_resume_pending(store: jobs.Store, queue: jobs.Queue) -> None:
+    job_id = queue.enqueue("a")
+    assert not queue.is_job_paused(job_id)
+    queue.pause_job(job_id)
+    assert queue.is_job_paused(job_id)
+    job = queue.get(job_id)
+    assert (job.status, job.attempt) == (jobs.Status.PAUSED, 0)
+    with store.write() as conn:
+        assert leases.claim(conn, store.dialect, "w1", "default", ["a"], 10, 30) == []
+    with pytest.raises(jobs.InvalidStateError, match="paused"):
+        queue.pause_job(job_id)
+    queue.resume_job(job_id)
+    assert not queue.is_job_paused(job_id)
+    assert queue.get(job_id).status is jobs.Status.PENDING
+    run(store, job_id)  # claimable again
+    assert queue.get(job_id).attempt == 1
+
+
+def test_resume_makes_a_delayed_job_due_now(store: jobs.Store, queue: jobs.Queue) -> None:
+    # store.jobs.resume sets run_at = min(run_at, now): resuming skips what is left of a delay
+    # or backoff, and never pushes an overdue job back.
+    delayed = queue.enqueue("a", delay=3600)
+    overdue = queue.enqueue("b", run_at=datetime(2020, 1, 1))
+    for job_id in (delayed, overdue):
+        queue.pause_job(job_id)
+        queue.resume_job(job_id)
+    assert queue.get(overdue).run_at == datetime(2020, 1, 1, tzinfo=UTC)
+    resumed_at = queue.get(delayed).run_at
+    assert resumed_at is not None and resumed_at.timestamp() <= time.time()
+    run(store, delayed)
+
+
+def test_pause_running_job(store: jobs.Store, queue: jobs.Queue) -> None:
+    job_id = queue.enqueue("a")
+    run(store, job_id)
+    with pytest.raises(jobs.InvalidStateError, match="running"):
+        queue.pause_job(job_id)
+    with pytest.raises(jobs.InvalidStateError):
+        queue.pause_job(job_id, mode="graceful")
+    assert queue.get(job_id).status is jobs.Status.RUNNING
+    queue.pause_job(job_id, jobs.PauseMode.AGGRESSIVE)
+    job = queue.get(job_id)
+    assert (job.status, job.attempt) == (jobs.Status.PAUSED, 0)  # the attempt is given back
+    with store.write() as conn:  # the old owner lost its lease
+        assert leases.finish(conn, store.dialect, "w1", [(job_id, Complete("1"))],
+                             time.time()) == []
+    queue.resume_job(job_id)
+    assert queue.get(job_id).status is jobs.Status.PENDING
+
+
+@pytest.mark.parametrize("state", ["pending", "running", "completed"])
+def test_resume_refused_unless_paused(store: jobs.Store, queue: jobs.Queue,
+                                      state: str) -> None:
+    job_id = queue.enqueue("a")
+    if state == "running":
+        run(store, job_id)
+    elif state == "completed":
+        run(store, job_id, Complete("1"))
+    with pytest.raises(jobs.InvalidStateError) as info:
+        queue.resume_job(job_id)
+    assert info.value.state == state
+
+
+@pytest.mark.parametrize("state", ["completed", "failed", "cancelled"])
+def test_pause_refused_for_finished_jobs(store: jobs.Store, queue: jobs.Queue,
+                                         state: str) -> None:
+    job_id = queue.enqueue("a", retries=0)
+    if state == "cancelled":
+        queue.cancel(job_id)
+    else:
+        run(store, job_id, Complete("1") if state == "completed" else Fail(ERR))
+    for mode in jobs.PauseMode:
+        with pytest.raises(jobs.InvalidStateError, match=state):
+            queue.pause_job(job_id, mode)
+
+
+# -- results -------------------------------------------------------------------------------
+
+
+def test_result_times_out_on_a_pending_job(queue: jobs.Queue) -> None:
+    job_id = queue.enqueue("a")
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        queue.result(job_id, timeout=0.1)
+    assert 0.1 <= time.monotonic() - started < 5.0
+    assert not issubclass(TimeoutError, jobs.DurableJobsError)
+
+
+def test_result_of_completed_job(store: jobs.Store, queue: jobs.Queue) -> None:
+    job_id = queue.enqueue("a")
+    run(store, job_id, Complete('{"receipt": [1, 2]}'))
+    assert queue.result(job_id) == {"receipt": [1, 2]}
+    assert queue.result(job_id, timeout=0) == {"receipt": [1, 2]}
+    job = queue.get(job_id)
+    assert job.error is None and job.attempt == 1
+    for when in (job.created_at, job.run_at, job.started_at, job.finished_at):
+        assert_aware_utc(when)
+    assert job.started_at is not None and job.finished_at is not None
+    assert job.started_at <= job.finished_at
+
+
+def test_result_waits_for_the_outcome(store: jobs.Store, queue: jobs.Queue) -> None:
+    job_id = queue.enqueue("a")
+    run(store, job_id)
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(queue.result(job_id, timeout=10)))
+    waiter.start()
+    with store.write() as conn:
+        leases.finish(conn, store.dialect, "w1", [(job_id, Complete("42"))], time.time())
+    waiter.join(timeout=15)
+    assert got == [42]
+
+
+def test_result_of_failed_job(store: jobs.Store, queue: jobs.Queue) -> None:
+    job_id = queue.enqueue("a", retries=0)
+    run(store, job_id, Fail(ERR))
+    with pytest.raises(jobs.JobFailedError) as info:
+        queue.result(job_id, timeout=1)
+    assert info.value.job_id == job_id
+    assert info.value.error == ERR
+    assert str(info.value.error) == "myapp.errors.Declined: card declined"
+    assert isinstance(info.value, jobs.DurableJobsError)
+    job = queue.get(job_id)
+    assert (job.status, job.result, job.error) == (jobs.Status.FAILED, None, ERR)
+    assert_aware_utc(job.finished_at)
+
+
+def test_result_of_cancelled_job(queue: jobs.Queue) -> None:
+    job_id = queue.enqueue("a")
+    queue.cancel(job_id)
+    with pytest.raises(jobs.JobCancelledError) as info:
+        queue.result(job_id)
+    assert info.value.job_id == job_id
+    assert isinstance(info.value, jobs.DurableJobsError)
+
+
+# -- the status enum -----------------------------------------------------------------------
+
+
+def test_status_has_exactly_the_seven_states() -> None:
+    assert [s.name for s in jobs.Status] == [
+        "PENDING", "RUNNING", "WAITING", "PAUSED", "COMPLETED", "FAILED", "CANCELLED"]
+    for member in jobs.Status:
+        assert isinstance(member, str)
+        assert member.value == member.name.lower()
+        assert member == member.name.lower() and str(member) == member.name.lower()
+        assert jobs.Status(member.name.lower()) is member
+    assert {s for s in jobs.Status if s.is_terminal} == {
+        jobs.Status.COMPLETED, jobs.Status.FAILED, jobs.Status.CANCELLED}
+
+
+def test_snapshot_status_values_are_lower_case(store: jobs.Store, queue: jobs.Queue) -> None:
+    job_id = queue.enqueue("a")
+    assert queue.get(job_id).status == "pending"
+    assert f"{queue.get(job_id).status}" == "pending"
+    assert row(store, job_id).status == "pending"
