@@ -237,7 +237,7 @@ class Queue:
         """Return a paused job to where it was; it replays from its checkpoints."""
         store = self.store
         with store.write() as conn:
-            job_rows.resume(conn, job_id, time.time())
+            job_rows.resume(conn, job_id)
             row = job_rows.get(conn, job_id)
             store.dialect.notify(conn)
         self.bus.publish(ev.JobResumed(job_id, row.name, row.queue))

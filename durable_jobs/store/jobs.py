@@ -135,17 +135,17 @@ def pause(conn: Connection, job_id: str, aggressive: bool) -> str:
     return str(status)
 
 
-def resume(conn: Connection, job_id: str, now: float) -> str:
-    """Resume a paused job to where it was; returns the state it resumes into."""
+def resume(conn: Connection, job_id: str) -> str:
+    """Resume a paused job to where it was; returns the state it resumes into.
+
+    ``run_at`` is kept: a job paused during its delay or retry backoff still waits it out.
+    """
     row = get_status(conn, job_id, lock=True)
     if row.status != "paused":
         raise InvalidStateError(job_id, row.status, "resume")
     target = row.paused_from or "pending"
-    values: dict[str, Any] = {"status": target, "paused_from": None}
-    if target == "pending":
-        values["run_at"] = func.least(jobs.c.run_at, now) if conn.dialect.name == "postgresql" \
-            else func.min(jobs.c.run_at, now)
-    conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+    conn.execute(update(jobs).where(jobs.c.id == job_id)
+                 .values(status=target, paused_from=None))
     return target
 
 

@@ -324,18 +324,18 @@ def test_pause_and_resume_pending(store: jobs.Store, queue: jobs.Queue) -> None:
     assert queue.get(job_id).attempt == 1
 
 
-def test_resume_makes_a_delayed_job_due_now(store: jobs.Store, queue: jobs.Queue) -> None:
-    # store.jobs.resume sets run_at = min(run_at, now): resuming skips what is left of a delay
-    # or backoff, and never pushes an overdue job back.
+def test_resume_keeps_the_delay(store: jobs.Store, queue: jobs.Queue) -> None:
+    # "Back to where it was": a job paused during its delay or backoff still waits it out,
+    # and an overdue job stays overdue (it runs at once).
     delayed = queue.enqueue("a", delay=3600)
     overdue = queue.enqueue("b", run_at=datetime(2020, 1, 1))
+    before = queue.get(delayed).run_at
     for job_id in (delayed, overdue):
         queue.pause_job(job_id)
         queue.resume_job(job_id)
     assert queue.get(overdue).run_at == datetime(2020, 1, 1, tzinfo=UTC)
-    resumed_at = queue.get(delayed).run_at
-    assert resumed_at is not None and resumed_at.timestamp() <= time.time()
-    run(store, delayed)
+    assert queue.get(delayed).run_at == before
+    run(store, overdue)
 
 
 def test_pause_running_job(store: jobs.Store, queue: jobs.Queue) -> None:
