@@ -1,0 +1,1 @@
+"""App modules that ``durable-supervisor`` loads in the daemon tests (``app = "...:queue"``)."""

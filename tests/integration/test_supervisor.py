@@ -1,0 +1,344 @@
+"""The supervisor and its actors end to end, on SQLite and PostgreSQL: real actor processes,
+real ZeroMQ sockets, real databases.
+
+Handlers are module-level functions (they travel to actors by cloudpickle reference: this
+module is importable in the actor) or closures defined in a test (they travel by value).
+Side effects in actors are counted by appending lines to files under ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+import durable_jobs as jobs
+from tests.helpers import wait_until
+from tests.integration.apps.common import append, lines, pid_alive, pid_of_actor
+
+# -- handlers (module level: pickled by reference) ------------------------------------------
+
+
+@dataclass
+class Point:
+    x: int
+    y: int
+
+
+@dataclass
+class Summary:
+    total: int
+    kind: str
+
+
+def add_point(point: Point) -> Summary:
+    """Takes a dataclass (built from the JSON object), returns a dataclass (stored as JSON)."""
+    return Summary(point.x + point.y, type(point).__name__)
+
+
+async def async_double(args: dict) -> dict:
+    await asyncio.sleep(0.01)
+    return {"double": args["n"] * 2, "loop": asyncio.get_running_loop() is not None}
+
+
+def whoami(args: Any) -> dict:
+    ctx = jobs.current_job()
+    return {"id": ctx.id, "name": ctx.name, "queue": ctx.queue, "attempt": ctx.attempt,
+            "args": ctx.args, "pid": os.getpid()}
+
+
+def started_at(args: Any) -> float:
+    return time.time()
+
+
+def flaky(args: dict) -> int:
+    """Fails with ValueError until its third run; counts runs in a file."""
+    runs = append(args["path"], f"attempt {jobs.current_job().attempt}")
+    if runs < 3:
+        raise ValueError(f"flaky run {runs}")
+    return runs
+
+
+def refuses(args: dict) -> None:
+    append(args["path"], "ran")
+    raise jobs.NoRetry("invalid input: order 7")
+
+
+def rate_limited(args: dict) -> str:
+    runs = append(args["path"], repr(time.time()))
+    if runs == 1:
+        raise jobs.RetryAfter(0.2, "rate limited")
+    return "done"
+
+
+def always_broken(args: dict) -> None:
+    append(args["path"], "ran")
+    raise ValueError(f"bad value {args['value']}")
+
+
+HOG: list[bytes] = []
+
+
+def hog(args: dict) -> int:
+    """Allocates and keeps ``mb`` MiB (pages touched, so they count in RSS)."""
+    HOG.append(b"\x01" * (args["mb"] * 1024 * 1024))
+    return os.getpid()
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def next_event(sub: Any, kind: type, job_id: str, timeout: float = 10.0) -> Any:
+    """The next event of ``kind`` for ``job_id``, skipping others; fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no {kind.__name__} for job {job_id} within {timeout} s")
+        try:
+            event = sub.get(timeout=remaining)
+        except Exception as exc:  # queue.Empty
+            raise AssertionError(f"no {kind.__name__} for job {job_id} within {timeout} s") \
+                from exc
+        if isinstance(event, kind) and getattr(event, "job_id", None) == job_id:
+            return event
+
+
+# -- 1. jobs end to end ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(40)
+def test_jobs_run_end_to_end(queue: jobs.Queue) -> None:
+    queue.register("add-point", add_point)
+    queue.register("async-double", async_double)
+    queue.register("whoami", whoami)
+    secret = uuid.uuid4().hex
+
+    def closure(args: dict) -> str:  # defined here: cloudpickled by value, not by reference
+        return f"{secret}:{args['word']}:{os.getpid()}"
+
+    queue.register("closure", closure)
+    with queue.worker({"default": 2}, poll_interval=0.2):
+        point = queue.enqueue("add-point", Point(3, 4))
+        double = queue.enqueue("async-double", {"n": 21})
+        who = queue.enqueue("whoami", {"k": [1, 2]}, queue="default")
+        word = queue.enqueue("closure", {"word": "hi"})
+
+        assert queue.result(point, timeout=15) == {"total": 7, "kind": "Point"}
+        assert queue.result(double, timeout=15) == {"double": 42, "loop": True}
+        ctx = queue.result(who, timeout=15)
+        assert ctx["id"] == who and ctx["name"] == "whoami" and ctx["queue"] == "default"
+        assert ctx["attempt"] == 1 and ctx["args"] == {"k": [1, 2]}
+        assert ctx["pid"] != os.getpid()  # ran in an actor, not here
+        prefix, arg, pid = queue.result(word, timeout=15).split(":")
+        assert (prefix, arg) == (secret, "hi") and int(pid) != os.getpid()
+
+    job = queue.get(point)
+    assert job.status is jobs.Status.COMPLETED
+    assert (job.attempt, job.max_attempts, job.error) == (1, 4, None)
+    assert job.args == {"x": 3, "y": 4} and job.result == {"total": 7, "kind": "Point"}
+    assert job.started_at is not None and job.finished_at is not None
+    assert job.created_at <= job.started_at <= job.finished_at
+
+
+@pytest.mark.timeout(40)
+def test_hooks_and_events_in_the_supervisor_process(queue: jobs.Queue, tmp_path: Path) -> None:
+    calls: list[tuple[str, int, str, Any]] = []
+    lock = threading.Lock()
+
+    def record(kind: str, job: jobs.Job, extra: Any = None) -> None:
+        with lock:
+            calls.append((kind, os.getpid(), job.id, extra))
+
+    @queue.on_job_start
+    def on_start(job: jobs.Job) -> None:
+        record("start", job, job.status)
+
+    @queue.on_job_complete
+    def on_complete(job: jobs.Job) -> None:
+        record("complete", job, job.result)
+
+    @queue.on_job_fail
+    def on_fail(job: jobs.Job, error: jobs.JobError) -> None:
+        record("fail", job, error)
+
+    @queue.on_retry
+    def on_retry(job: jobs.Job, error: jobs.JobError, next_run_at: Any) -> None:
+        record("retry", job, (error, next_run_at))
+
+    @queue.on_job_complete
+    def broken_hook(job: jobs.Job) -> None:
+        raise RuntimeError("a hook that raises must not stop the others")
+
+    queue.register("whoami", whoami)
+    queue.register("refuses", refuses)
+    queue.register("flaky", flaky, max_backoff=0.05)
+    events = queue.events()
+    with queue.worker({"default": 2}, poll_interval=0.1):
+        ok = queue.enqueue("whoami", {"n": 1})
+        bad = queue.enqueue("refuses", {"path": str(tmp_path / "refuses.log")})
+        retried = queue.enqueue("flaky", {"path": str(tmp_path / "flaky.log")})
+        queue.result(ok, timeout=15)
+        with pytest.raises(jobs.JobFailedError):
+            queue.result(bad, timeout=15)
+        assert queue.result(retried, timeout=20) == 3
+        started = next_event(events, jobs.JobStarted, ok)
+        completed = next_event(events, jobs.JobCompleted, ok)
+    queue.unsubscribe(events)
+
+    assert started.name == "whoami" and started.queue == "default"
+    assert started.timestamp <= completed.timestamp
+    assert completed.timestamp.tzinfo is not None and completed.duration >= 0
+    assert {pid for _, pid, _, _ in calls} == {os.getpid()}  # hooks ran here, in the supervisor
+    kinds = {(kind, job_id) for kind, _, job_id, _ in calls}
+    assert {("start", ok), ("complete", ok), ("start", bad), ("fail", bad)} <= kinds
+    assert ("complete", bad) not in kinds and ("retry", bad) not in kinds
+    assert [c[3] for c in calls if c[:1] == ("start",) and c[2] == ok] == [jobs.Status.RUNNING]
+    assert [c[3] for c in calls if c[0] == "complete" and c[2] == ok][0]["id"] == ok
+    fail_error = [c[3] for c in calls if c[0] == "fail"][0]
+    assert fail_error.type == "NoRetry" and "order 7" in fail_error.message
+    retries = [c[3] for c in calls if c[0] == "retry" and c[2] == retried]
+    assert len(retries) == 2
+    assert all(err.type == "ValueError" and when.tzinfo is not None for err, when in retries)
+    assert sum(1 for c in calls if c[0] == "start" and c[2] == retried) == 3
+
+
+# -- 2. retries -----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(40)
+def test_retries_backoff_noretry_retryafter(queue: jobs.Queue, tmp_path: Path) -> None:
+    queue.register("flaky", flaky, max_backoff=0.05)
+    queue.register("refuses", refuses)
+    queue.register("rate-limited", rate_limited)
+    queue.register("broken", always_broken, retries=1, max_backoff=0.05)
+    logs = {name: tmp_path / f"{name}.log" for name in ("flaky", "refuses", "rate", "broken")}
+    with queue.worker({"default": 2}, poll_interval=0.1):
+        flaky_id = queue.enqueue("flaky", {"path": str(logs["flaky"])})
+        refuses_id = queue.enqueue("refuses", {"path": str(logs["refuses"])})
+        rate_id = queue.enqueue("rate-limited", {"path": str(logs["rate"])})
+        broken_id = queue.enqueue("broken", {"path": str(logs["broken"]), "value": 42})
+
+        assert queue.result(flaky_id, timeout=20) == 3
+        with pytest.raises(jobs.JobFailedError) as refused:
+            queue.result(refuses_id, timeout=20)
+        assert queue.result(rate_id, timeout=20) == "done"
+        with pytest.raises(jobs.JobFailedError) as broken:
+            queue.result(broken_id, timeout=20)
+
+    flaky_job = queue.get(flaky_id)
+    assert (flaky_job.status, flaky_job.attempt, flaky_job.error) == ("completed", 3, None)
+    assert lines(logs["flaky"]) == ["attempt 1", "attempt 2", "attempt 3"]
+
+    refused_job = queue.get(refuses_id)
+    assert (refused_job.status, refused_job.attempt) == ("failed", 1)
+    assert lines(logs["refuses"]) == ["ran"]  # at once: retries were left, none used
+    assert refused.value.job_id == refuses_id and refused.value.error == refused_job.error
+    assert str(refused_job.error) == "NoRetry: invalid input: order 7"
+
+    runs = [float(t) for t in lines(logs["rate"])]
+    assert len(runs) == 2 and queue.get(rate_id).attempt == 2
+    # RetryAfter(0.2): not before, and not the exponential backoff (first retry 0.9-1.1 s).
+    assert 0.2 <= runs[1] - runs[0] < 0.85, runs[1] - runs[0]
+
+    broken_job = queue.get(broken_id)
+    assert (broken_job.status, broken_job.attempt, broken_job.max_attempts) == ("failed", 2, 2)
+    assert lines(logs["broken"]) == ["ran", "ran"]
+    error = broken.value.error
+    assert error == broken_job.error and broken.value.job_id == broken_id
+    assert (error.type, error.message) == ("ValueError", "bad value 42")
+    assert "Traceback" in error.traceback and "always_broken" in error.traceback
+    assert "ValueError: bad value 42" in error.traceback
+
+
+# -- 6. recycling actors --------------------------------------------------------------------
+
+
+@pytest.mark.timeout(40)
+def test_max_jobs_per_actor_recycles(queue: jobs.Queue) -> None:
+    queue.register("pid", pid_of_actor)
+    with queue.worker({"default": 1}, poll_interval=0.1, max_jobs_per_actor=2):
+        pids = [queue.result(queue.enqueue("pid"), timeout=15) for _ in range(5)]
+        assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4], pids
+        assert len(set(pids)) == 3
+        wait_until(lambda: not pid_alive(pids[0]) and not pid_alive(pids[2]), timeout=5,
+                   message="recycled actors to exit")
+
+
+@pytest.mark.timeout(40)
+def test_max_memory_mb_replaces_a_bloated_actor(queue: jobs.Queue) -> None:
+    queue.register("pid", pid_of_actor)
+    queue.register("hog", hog)
+    with queue.worker({"default": 1}, poll_interval=0.1, max_memory_mb=150):
+        first = queue.result(queue.enqueue("pid"), timeout=15)
+        assert queue.result(queue.enqueue("pid"), timeout=15) == first  # small: kept
+        assert queue.result(queue.enqueue("hog", {"mb": 200}), timeout=15) == first
+        after = queue.result(queue.enqueue("pid"), timeout=15)
+        assert after != first
+        wait_until(lambda: not pid_alive(first), timeout=5, message="bloated actor to exit")
+
+
+# -- 7. garbage on the supervisor's socket ----------------------------------------------------
+
+
+@pytest.mark.timeout(40)
+def test_corrupt_messages_are_dropped(queue: jobs.Queue, tmp_path: Path,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="durable_jobs.supervisor")
+    queue.register("pid", pid_of_actor)
+    context = zmq.Context()
+    intruder = context.socket(zmq.DEALER)
+    intruder.setsockopt(zmq.LINGER, 0)
+    intruder.setsockopt(zmq.IDENTITY, b"intruder")
+    try:
+        with queue.worker({"default": 1}, poll_interval=0.1) as w:
+            first = queue.result(queue.enqueue("pid"), timeout=15)
+            intruder.connect(w.supervisor.endpoint)
+            intruder.send(b"\x80\x05garbage\xff\x00 not a pickle")
+            intruder.send(pickle.dumps({"not": "a message"}))
+            intruder.send_multipart([b"two", b"frames"])
+            intruder.send(b"")
+
+            def dropped() -> bool:
+                text = caplog.text
+                return (text.count("dropped a corrupt message") >= 3
+                        and "dropped a malformed multipart message" in text)
+
+            wait_until(dropped, timeout=10, message="the supervisor to drop the garbage")
+            assert w.running
+            # The supervisor and its actor carry on as if nothing happened.
+            assert queue.result(queue.enqueue("pid"), timeout=15) == first
+    finally:
+        intruder.close(0)
+        context.term()
+
+
+# -- wake-ups: LISTEN/NOTIFY (PostgreSQL), data_version (SQLite) -------------------------------
+
+
+@pytest.mark.timeout(40)
+def test_enqueue_wakes_an_idle_worker_long_before_its_poll(queue: jobs.Queue) -> None:
+    queue.register("started-at", started_at)
+    with queue.worker({"default": 1}, poll_interval=5) as w:
+        sup = w.supervisor
+        begin = time.monotonic()
+        queue.result(queue.enqueue("started-at"), timeout=15)
+        # Enqueued while the actor was still booting: its boot must look for work at once.
+        assert time.monotonic() - begin < 4.0
+        for _ in range(3):
+            wait_until(lambda: not sup.hot and all(
+                a.state.value == "idle" for a in sup.pool.actors.values()), timeout=5,
+                message="the worker to be idle")
+            enqueued = time.time()
+            began = queue.result(queue.enqueue("started-at"), timeout=15)
+            assert began - enqueued < 0.5, f"idle worker took {began - enqueued:.2f} s"
