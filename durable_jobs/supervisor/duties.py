@@ -45,10 +45,13 @@ class LeaseKeeper:
         return {"renewed": len(kept), "lost": len(lost)}
 
     def _follow_row(self, paused: bool, mode: str | None) -> None:
-        """Apply a pause flag that someone else set on our row."""
+        """Apply a pause flag that someone else set on our row (graceful may escalate to
+        aggressive: ``durable-jobs pause-worker ID --aggressive`` on a paused worker)."""
         sup = self.supervisor
-        if paused and sup.paused is None:
-            sup.pause(PauseMode(mode or "graceful"))
+        wanted = PauseMode(mode or "graceful")
+        if paused and (sup.paused is None or (wanted is PauseMode.AGGRESSIVE
+                                              and sup.paused is not PauseMode.AGGRESSIVE)):
+            sup.pause(wanted)
         elif not paused and sup.paused is not None:
             sup.resume()
 
