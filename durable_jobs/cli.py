@@ -172,12 +172,17 @@ def operator_main(argv: list[str] | None = None) -> int:
     """``durable-jobs [--database URL | --config jobs.toml] COMMAND ...``."""
     args = _operator_parser().parse_args(argv)
     try:
-        queue = Queue(_store_from(args))
-        OPERATIONS[args.command](queue, args)
+        store = _store_from(args)
+    except (ConfigError, DurableJobsError) as exc:
+        return _fail("durable-jobs", str(exc), EXIT_USAGE)
+    try:
+        OPERATIONS[args.command](Queue(store), args)
     except ConfigError as exc:
         return _fail("durable-jobs", str(exc), EXIT_USAGE)
     except DurableJobsError as exc:
         return _fail("durable-jobs", str(exc), EXIT_FAILURE)
+    finally:
+        store.dispose()
     if args.command != "status":
         print(f"{args.command}: ok")
     return EXIT_OK
