@@ -9,7 +9,6 @@ deadline. Business rules live below it: ``decide`` (engine), the store, the pool
 from __future__ import annotations
 
 import collections
-import enum
 import logging
 import os
 import shutil
@@ -26,23 +25,21 @@ import zmq
 
 from durable_jobs import protocol as p
 from durable_jobs.engine import events as ev
-from durable_jobs.engine.errors import DurableJobsError, JobError, ProtocolError
+from durable_jobs.engine.errors import DurableJobsError, JobError
 from durable_jobs.engine.job import PauseMode
-from durable_jobs.engine.outcomes import Attempted, Complete, Failed, Succeeded, decide
+from durable_jobs.engine.outcomes import Succeeded
 from durable_jobs.engine.queue import Queue
 from durable_jobs.store import supervisors as supervisor_rows
-from durable_jobs.store.leases import Release
 from durable_jobs.store.store import Store
+from durable_jobs.supervisor.control import Control, Phase
 from durable_jobs.supervisor.dispatch import Dispatcher, Flushed
 from durable_jobs.supervisor.duties import Duties
 from durable_jobs.supervisor.hooks import Hooks
+from durable_jobs.supervisor.inbox import Inbox
 from durable_jobs.supervisor.pool import (
-    Actor,
     ActorState,
     Pool,
     QueueSettings,
-    Running,
-    exit_description,
 )
 from durable_jobs.supervisor.signals import SignalTable, Wakeup
 
@@ -52,12 +49,6 @@ BOOT_TIMEOUT = 60.0
 MAX_DEPTH = 16  # leases one actor may hold at once when prefetch > 0
 FLUSH_INTERVAL = 0.002
 SQLITE_POLL = 0.005
-
-
-class Phase(enum.Enum):
-    RUNNING = "running"
-    DRAINING = "draining"
-    STOPPED = "stopped"
 
 
 @dataclass(frozen=True)
@@ -83,7 +74,7 @@ class Wake:
     notified: bool = False
 
 
-class Supervisor:
+class Supervisor(Inbox, Control):
     """Claims jobs under leases and runs them on a pool of actor processes."""
 
     def __init__(self, queue: Queue, options: SupervisorOptions, store: Store | None = None):
@@ -352,12 +343,6 @@ class Supervisor:
                                   i.job.attempt, i.job.max_attempts, i.steps) for i in batch]
                 self.send(actor.id, leases[0] if len(leases) == 1 else p.Leases(tuple(leases)))
 
-    @staticmethod
-    def _starts(job: Running, now: float) -> None:
-        """The job is at the head of its actor's leases: its clock starts now."""
-        job.started = now
-        job.deadline = now + job.timeout if job.timeout else None
-
     def check_drained(self, now: float) -> None:
         if self.phase is not Phase.DRAINING:
             return
@@ -419,181 +404,6 @@ class Supervisor:
             self.router.send_multipart([actor_id.encode(), p.encode(message)])
         except zmq.ZMQError as exc:
             log.warning("could not send to actor %s: %s", actor_id, exc)
-
-    def on_message(self, identity: str, data: bytes, now: float) -> None:
-        try:
-            message = p.decode(data)
-        except ProtocolError as exc:
-            log.error("dropped a corrupt message from %r: %s", identity, exc)
-            return
-        if identity.endswith(".hb"):
-            actor = self.pool.actors.get(identity[:-3])
-            if actor is not None:
-                actor.last_seen = now
-            self.send(identity, p.Ping())
-            return
-        actor = self.pool.actors.get(identity)
-        if actor is None:
-            log.warning("message from unknown actor %r dropped", identity)
-            return
-        actor.last_seen = now
-        self._route(actor, message, now)
-
-    def _route(self, actor: Actor, message: Any, now: float) -> None:
-        match message:
-            case p.Outcome():
-                self.on_outcome(actor, message)
-            case p.Outcomes(outcomes=outcomes):
-                for outcome in outcomes:
-                    self.on_outcome(actor, outcome)
-            case p.Checkpoint():
-                if actor.job is not None and actor.job.job_id == message.job_id:
-                    self.dispatcher.add_checkpoint(message)
-            case p.Event(job_id=job_id, kind=kind, data=data):
-                self.hooks.custom(job_id, kind, data)
-            case p.Ready():
-                self.send(actor.id, self.init)
-            case p.Booted():
-                if actor.state is ActorState.STARTING:
-                    self.pool.booted(actor)
-                    # A wake-up that came while no actor was idle was spent on an empty
-                    # claim plan: a fresh idle actor must look for work now, not next poll.
-                    self.wake.notified = True
-            case p.BootFailed(error=error):
-                self.pool.last_boot_error = error
-                log.error("actor %s could not load the handlers:\n%s", actor.id, error)
-            case _:
-                log.warning("unexpected %s from actor %s", type(message).__name__, actor.id)
-
-    def on_outcome(self, actor: Actor, outcome: p.Outcome) -> None:
-        job = actor.job
-        if job is None or job.job_id != outcome.job_id:
-            return  # stale: the job was timed out, cancelled or released meanwhile
-        actor.jobs.popleft()
-        actor.jobs_done += 1
-        if actor.jobs:
-            self._starts(actor.jobs[0], time.monotonic())
-        elif actor.state is ActorState.BUSY:
-            actor.state = ActorState.IDLE
-        if outcome.kind == "completed":
-            self.dispatcher.add_write(job, Complete(outcome.result or "null"))
-        elif outcome.kind == "suspended" and outcome.fan_out is not None:
-            self.dispatcher.add_suspend(job, outcome.fan_out)
-        else:
-            error = outcome.error or JobError("Error", "the handler failed")
-            failed = Failed(error, outcome.no_retry, outcome.retry_after)
-            self.dispatcher.add_write(job, self._decide(job, failed))
-        self._maybe_recycle(actor, outcome.rss_mb)
-
-    def _decide(self, job: Running, failed: Failed) -> Any:
-        return decide(Attempted(job.attempt, job.max_attempts, job.max_backoff), failed,
-                      time.time())
-
-    def _maybe_recycle(self, actor: Actor, rss_mb: float) -> None:
-        settings = self.options.queues[actor.queue]
-        reason = None
-        if settings.max_jobs_per_actor and actor.jobs_done >= settings.max_jobs_per_actor:
-            reason = f"served {actor.jobs_done} jobs"
-        elif settings.max_memory_mb and rss_mb > settings.max_memory_mb:
-            reason = f"uses {rss_mb:.0f} MiB > max_memory_mb {settings.max_memory_mb}"
-        if reason is not None and actor.state is ActorState.IDLE and not actor.jobs:
-            log.info("recycling actor %s: %s", actor.id, reason)
-            self.send(actor.id, p.Stop())
-            actor.state = ActorState.STOPPING
-            actor.stop_reason = "recycle"
-            actor.kill_at = time.monotonic() + 5.0
-
-    def _actor_running(self, job_id: str) -> Actor | None:
-        for actor in self.pool.actors.values():
-            if actor.job is not None and actor.job.job_id == job_id:
-                return actor
-        return None
-
-    # -- failures, pause, drain ------------------------------------------------------------
-
-    def on_actor_exit(self, actor: Actor, code: int) -> None:
-        if actor.job is not None:
-            description = exit_description(code)
-            log.error("actor %s running job %s died: %s", actor.id, actor.job.job_id,
-                      description)
-            self.fail_running(actor, JobError("ActorExited", description), retry_now=True)
-            self.release_queued(actor)
-        elif actor.stop_reason is None and self.phase is Phase.RUNNING:
-            log.warning("actor %s exited (%s)", actor.id, exit_description(code))
-
-    def fail_running(self, actor: Actor, error: JobError, retry_now: bool) -> None:
-        """Record a failed attempt for the job the actor runs (crash, timeout)."""
-        job = actor.jobs.popleft()
-        failed = Failed(error, retry_after=0.0 if retry_now else None)
-        self.dispatcher.add_write(job, self._decide(job, failed))
-
-    def release_queued(self, actor: Actor) -> None:
-        """Leases the actor holds but has not started go back to pending, attempt unused."""
-        while actor.jobs:
-            self.dispatcher.add_write(actor.jobs.popleft(), Release())
-
-    def revoke_queued(self) -> None:
-        """Take back leases queued in actors behind the running one (pause, drain)."""
-        for actor in self.pool.actors.values():
-            while len(actor.jobs) > 1:
-                job = actor.jobs.pop()
-                self.send(actor.id, p.Revoke(job.job_id))
-                self.dispatcher.add_write(job, Release())
-
-    def release_running(self, actor: Actor, reason: str) -> None:
-        """Kill the actor and give all its jobs back to pending without using an attempt."""
-        if not actor.jobs:
-            return
-        self.pool.stop(actor, reason, force=True)
-        self.release_queued(actor)
-
-    def lease_lost(self, job_ids: set[str]) -> None:
-        """Jobs cancelled or paused elsewhere: kill the actor running one, write nothing."""
-        self.dispatcher.drop(job_ids)
-        for actor in list(self.pool.actors.values()):
-            head = actor.job
-            if head is not None and head.job_id in job_ids:
-                log.info("job %s was cancelled or paused elsewhere; killing actor %s",
-                         head.job_id, actor.id)
-                actor.jobs.popleft()
-                self.pool.stop(actor, "lease lost", force=True)
-                self.release_queued(actor)
-                continue
-            for job in [j for j in actor.jobs if j.job_id in job_ids]:
-                actor.jobs.remove(job)
-                self.send(actor.id, p.Revoke(job.job_id))
-
-    def begin_drain(self, timeout: float) -> None:
-        if self.phase is not Phase.RUNNING:
-            return
-        log.info("supervisor %s draining (up to %s s)", self.id, timeout)
-        self.phase = Phase.DRAINING
-        self.drain_deadline = time.monotonic() + timeout
-        self.dispatcher.release_buffered()
-        self.revoke_queued()
-
-    def pause(self, mode: PauseMode) -> None:
-        mode = PauseMode(mode)
-        self.paused = mode
-        self.dispatcher.release_buffered()
-        self.revoke_queued()
-        if mode is PauseMode.AGGRESSIVE:
-            for actor in self.pool.busy():
-                self.release_running(actor, "aggressive pause")
-            if self.dispatcher.pending_writes:
-                self.after_flush(self.dispatcher.flush(time.time()))
-        self.duties.store_paused(True, mode.value)
-        self.hooks.publish(ev.WorkerPaused(self.id, mode=mode.value))
-        log.info("supervisor %s paused (%s)", self.id, mode.value)
-
-    def resume(self) -> None:
-        if self.paused is None:
-            return
-        self.paused = None
-        self.duties.store_paused(False, None)
-        self.wake.notified = True
-        self.hooks.publish(ev.WorkerResumed(self.id))
-        log.info("supervisor %s resumed", self.id)
 
     # -- thread-safe commands (Worker) --------------------------------------------------
 

@@ -1,0 +1,142 @@
+"""The supervisor's control paths: actor deaths, lost leases, pause, resume and drain.
+
+A mixin of :class:`~durable_jobs.supervisor.supervisor.Supervisor`. Crashes and timeouts use
+an attempt (``fail_running``); shutdown and pause never do (``Release``).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from durable_jobs import protocol as p
+from durable_jobs.engine import events as ev
+from durable_jobs.engine.errors import JobError
+from durable_jobs.engine.job import PauseMode
+from durable_jobs.engine.outcomes import Failed
+from durable_jobs.store.leases import Release
+from durable_jobs.supervisor.pool import Actor, exit_description
+
+if TYPE_CHECKING:
+    from durable_jobs.supervisor.dispatch import Dispatcher, Flushed
+    from durable_jobs.supervisor.duties import Duties
+    from durable_jobs.supervisor.hooks import Hooks
+    from durable_jobs.supervisor.pool import Pool, Running
+    from durable_jobs.supervisor.supervisor import Wake
+
+log = logging.getLogger("durable_jobs.supervisor")
+
+
+class Phase(enum.Enum):
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class Control:
+    """Failure, pause and drain handling for the supervisor (a mixin)."""
+
+    id: str
+    pool: Pool
+    dispatcher: Dispatcher
+    duties: Duties
+    hooks: Hooks
+    wake: Wake
+    phase: Phase
+    paused: PauseMode | None
+    drain_deadline: float
+    after_flush: Callable[[Flushed], None]
+
+    def send(self, actor_id: str, message: Any) -> None:
+        raise NotImplementedError
+
+    def _decide(self, job: Running, failed: Failed) -> Any:
+        raise NotImplementedError
+
+    def on_actor_exit(self, actor: Actor, code: int) -> None:
+        if actor.job is not None:
+            description = exit_description(code)
+            log.error("actor %s running job %s died: %s", actor.id, actor.job.job_id,
+                      description)
+            self.fail_running(actor, JobError("ActorExited", description), retry_now=True)
+            self.release_queued(actor)
+        elif actor.stop_reason is None and self.phase is Phase.RUNNING:
+            log.warning("actor %s exited (%s)", actor.id, exit_description(code))
+
+    def fail_running(self, actor: Actor, error: JobError, retry_now: bool) -> None:
+        """Record a failed attempt for the job the actor runs (crash, timeout)."""
+        job = actor.jobs.popleft()
+        failed = Failed(error, retry_after=0.0 if retry_now else None)
+        self.dispatcher.add_write(job, self._decide(job, failed))
+
+    def release_queued(self, actor: Actor) -> None:
+        """Leases the actor holds but has not started go back to pending, attempt unused."""
+        while actor.jobs:
+            self.dispatcher.add_write(actor.jobs.popleft(), Release())
+
+    def revoke_queued(self) -> None:
+        """Take back leases queued in actors behind the running one (pause, drain)."""
+        for actor in self.pool.actors.values():
+            while len(actor.jobs) > 1:
+                job = actor.jobs.pop()
+                self.send(actor.id, p.Revoke(job.job_id))
+                self.dispatcher.add_write(job, Release())
+
+    def release_running(self, actor: Actor, reason: str) -> None:
+        """Kill the actor and give all its jobs back to pending without using an attempt."""
+        if not actor.jobs:
+            return
+        self.pool.stop(actor, reason, force=True)
+        self.release_queued(actor)
+
+    def lease_lost(self, job_ids: set[str]) -> None:
+        """Jobs cancelled or paused elsewhere: kill the actor running one, write nothing."""
+        self.dispatcher.drop(job_ids)
+        for actor in list(self.pool.actors.values()):
+            head = actor.job
+            if head is not None and head.job_id in job_ids:
+                log.info("job %s was cancelled or paused elsewhere; killing actor %s",
+                         head.job_id, actor.id)
+                actor.jobs.popleft()
+                self.pool.stop(actor, "lease lost", force=True)
+                self.release_queued(actor)
+                continue
+            for job in [j for j in actor.jobs if j.job_id in job_ids]:
+                actor.jobs.remove(job)
+                self.send(actor.id, p.Revoke(job.job_id))
+
+    def begin_drain(self, timeout: float) -> None:
+        if self.phase is not Phase.RUNNING:
+            return
+        log.info("supervisor %s draining (up to %s s)", self.id, timeout)
+        self.phase = Phase.DRAINING
+        self.drain_deadline = time.monotonic() + timeout
+        self.dispatcher.release_buffered()
+        self.revoke_queued()
+
+    def pause(self, mode: PauseMode) -> None:
+        mode = PauseMode(mode)
+        self.paused = mode
+        self.dispatcher.release_buffered()
+        self.revoke_queued()
+        if mode is PauseMode.AGGRESSIVE:
+            for actor in self.pool.busy():
+                self.release_running(actor, "aggressive pause")
+            if self.dispatcher.pending_writes:
+                self.after_flush(self.dispatcher.flush(time.time()))
+        self.duties.store_paused(True, mode.value)
+        self.hooks.publish(ev.WorkerPaused(self.id, mode=mode.value))
+        log.info("supervisor %s paused (%s)", self.id, mode.value)
+
+    def resume(self) -> None:
+        if self.paused is None:
+            return
+        self.paused = None
+        self.duties.store_paused(False, None)
+        self.wake.notified = True
+        self.hooks.publish(ev.WorkerResumed(self.id))
+        log.info("supervisor %s resumed", self.id)
+
