@@ -8,8 +8,8 @@ from typing import Any
 from durable_jobs.engine.errors import DurableJobsError
 from durable_jobs.engine.job import PauseMode
 from durable_jobs.engine.options import check_name
-from durable_jobs.supervisor.pool import QueueSettings
 from durable_jobs.supervisor.control import Phase
+from durable_jobs.supervisor.pool import QueueSettings
 from durable_jobs.supervisor.supervisor import Supervisor, SupervisorOptions
 
 
