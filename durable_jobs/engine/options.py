@@ -37,17 +37,22 @@ def _json_default(value: object) -> Any:
     raise TypeError(f"value of type {type(value).__name__} is not JSON serialisable")
 
 
+_ENCODER = json.JSONEncoder(default=_json_default, separators=(",", ":"), allow_nan=False)
+
+
 def encode_json(value: Any, what: str = "args") -> str:
     """Encode a payload as compact JSON; dataclasses become objects.
 
     Raises TypeError naming the offending type, or PayloadTooLargeError over 1 MiB.
     """
     try:
-        text = json.dumps(value, default=_json_default, separators=(",", ":"), allow_nan=False)
+        text = _ENCODER.encode(value)
     except ValueError as exc:  # NaN / Infinity, circular references
         raise TypeError(f"{what}: not valid JSON: {exc}") from None
     except TypeError as exc:
         raise TypeError(f"{what}: {exc}") from None
+    if len(text) * 4 <= MAX_PAYLOAD:  # no UTF-8 character takes more than 4 bytes
+        return text
     size = len(text.encode())
     if size > MAX_PAYLOAD:
         raise PayloadTooLargeError(

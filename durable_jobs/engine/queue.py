@@ -31,7 +31,7 @@ from durable_jobs.engine.options import (
     to_seconds,
 )
 from durable_jobs.engine.registry import Registry
-from durable_jobs.engine.rows import build_row
+from durable_jobs.engine.rows import build_row, build_rows
 from durable_jobs.engine.schedules import ScheduleSpec
 
 if TYPE_CHECKING:
@@ -160,8 +160,11 @@ class Queue:
             raise TypeError(f"unique must be a str, got {type(unique).__name__}")
         row = build_row(self.registry, name, args, call, when, now, unique)
         store = self.store
-        with store.using(connection) as conn:
-            job_rows.insert_one(conn, store.dialect, row, unique)
+        if connection is not None:
+            job_rows.insert_one(connection, store.dialect, row, unique)
+        else:  # a lone INSERT is atomic: no BEGIN/COMMIT round trips
+            with store.autocommit() as conn:
+                job_rows.insert_one(conn, store.dialect, row, unique)
         if self.bus.active:
             self.bus.publish(ev.JobEnqueued(row[0], name, row[2]))
         return str(row[0])
@@ -169,11 +172,7 @@ class Queue:
     def enqueue_many(self, subs: Iterable[Sub], *, connection: Connection | None = None
                      ) -> list[str]:
         """Add many jobs in one transaction (COPY on PostgreSQL); returns their ids."""
-        now = time.time()
-        rows = []
-        for sub in subs:
-            call = HandlerOptions(sub.retries, sub.timeout, sub.queue, sub.priority)
-            rows.append(build_row(self.registry, sub.name, sub.args, call, now, now))
+        rows = build_rows(self.registry, subs, time.time())
         store = self.store
         with store.using(connection) as conn:
             job_rows.insert_many(conn, store.dialect, rows)

@@ -22,11 +22,10 @@ NON_TERMINAL = ("pending", "running", "waiting", "paused")
 def insert_one(conn: Connection, dialect: Dialect, row: tuple[Any, ...],
                unique: str | None) -> None:
     """Insert one job; with a unique key, raise DuplicateJobError if a live job holds it."""
-    values = row_dict(row)
     if unique is None:
-        conn.execute(jobs.insert(), values)
+        conn.exec_driver_sql(dialect.insert_sql, row)
         return
-    if not dialect.insert_unique(conn, values):
+    if not dialect.insert_unique(conn, row_dict(row)):
         holder = conn.execute(
             select(jobs.c.id).where(jobs.c.unique_key == unique,
                                     jobs.c.status.in_(NON_TERMINAL))
@@ -184,6 +183,8 @@ def load_steps(conn: Connection, job_ids: Iterable[str]) -> dict[str, list[Any]]
 
 
 STEP_INSERT = steps.insert()
+COUNT_STEP = update(jobs).where(jobs.c.id == bindparam("b_id")).values(
+    checkpoints=jobs.c.checkpoints + 1)
 
 
 def save_steps(conn: Connection, rows: list[dict[str, Any]]) -> None:
@@ -191,9 +192,7 @@ def save_steps(conn: Connection, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
     conn.execute(STEP_INSERT, rows)
-    conn.execute(update(jobs).where(jobs.c.id == bindparam("b_id"))
-                 .values(checkpoints=jobs.c.checkpoints + 1),
-                 [{"b_id": row["job_id"]} for row in rows])
+    conn.execute(COUNT_STEP, [{"b_id": row["job_id"]} for row in rows])
 
 
 def count_by_status(conn: Connection) -> dict[str, int]:

@@ -71,11 +71,14 @@ class Control:
         job = actor.jobs.popleft()
         failed = Failed(error, retry_after=0.0 if retry_now else None)
         self.dispatcher.add_write(job, self._decide(job, failed))
+        if retry_now:
+            self.wake.notified = True  # claim it back in the same flush that writes the retry
 
     def release_queued(self, actor: Actor) -> None:
         """Leases the actor holds but has not started go back to pending, attempt unused."""
         while actor.jobs:
             self.dispatcher.add_write(actor.jobs.popleft(), Release())
+            self.wake.notified = True
 
     def revoke_queued(self) -> None:
         """Take back leases queued in actors behind the running one (pause, drain)."""

@@ -14,9 +14,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from durable_jobs.engine.durable import FanOutSpec, StoredStep
-from durable_jobs.engine.options import HandlerOptions, resolve
+from durable_jobs.engine.durable import FanOutSpec, StoredStep, SubSpec
+from durable_jobs.engine.options import HandlerOptions, Resolved, resolve
 from durable_jobs.engine.registry import Registry
+from durable_jobs.engine.rows import new_ids
 from durable_jobs.protocol import Checkpoint
 from durable_jobs.store import jobs as job_rows
 from durable_jobs.store import leases
@@ -138,20 +139,30 @@ class Dispatcher:
             "created_at": now,
         }
         rows = []
+        shapes: dict[tuple[Any, ...], Resolved] = {}
+        ids = new_ids(len(spec.subs))
         for index, sub in enumerate(spec.subs):
-            handler = self.registry.find(sub.name)
-            registered = handler.options if handler else None
-            call = HandlerOptions(
-                retries=sub.retries if sub.retries is not None else spec.retries,
-                timeout=sub.timeout,
-                queue=sub.queue or spec.queue or (registered.queue if registered else None)
-                or job.queue,
-                priority=sub.priority)
-            opts = resolve(call, registered)
-            rows.append((str(uuid.uuid4()), sub.name, opts.queue, sub.args, "pending",
+            key = (sub.name, sub.retries, sub.timeout, sub.queue, sub.priority)
+            opts = shapes.get(key)
+            if opts is None:
+                opts = shapes[key] = self._sub_options(job, spec, sub)
+            rows.append((next(ids), sub.name, opts.queue, sub.args, "pending",
                          opts.priority, 0, opts.max_attempts, opts.max_backoff, opts.timeout,
                          now, None, job.job_id, fan_out_id, index, 0, now))
         return fan_out, rows
+
+    def _sub_options(self, job: Running, spec: FanOutSpec, sub: SubSpec) -> Resolved:
+        """A sub-job's options: the Sub, then the fan-out call, then its handler's
+        registration, then the parent's queue and the defaults."""
+        handler = self.registry.find(sub.name)
+        registered = handler.options if handler else None
+        call = HandlerOptions(
+            retries=sub.retries if sub.retries is not None else spec.retries,
+            timeout=sub.timeout,
+            queue=sub.queue or spec.queue or (registered.queue if registered else None)
+            or job.queue,
+            priority=sub.priority)
+        return resolve(call, registered)
 
     def release_buffered(self) -> list[str]:
         """Give prefetched jobs back (shutdown, pause); returns their ids."""

@@ -46,7 +46,7 @@ from durable_jobs.supervisor.signals import SignalTable, Wakeup
 log = logging.getLogger("durable_jobs.supervisor")
 
 BOOT_TIMEOUT = 60.0
-MAX_DEPTH = 16  # leases one actor may hold at once when prefetch > 0
+MAX_DEPTH = 128  # leases one actor may hold at once when prefetch > 0
 FLUSH_INTERVAL = 0.002
 SQLITE_POLL = 0.005
 
@@ -283,6 +283,7 @@ class Supervisor(Inbox, Control):
         if not due:
             return
         flushed = d.flush(time.time())
+        self.listener.rebaseline()
         self.after_flush(flushed)
 
     def _plan_claims(self, now: float) -> None:

@@ -15,6 +15,12 @@ INSERT_COLUMNS = (
     "max_backoff", "timeout", "run_at", "unique_key", "parent_id", "fan_out_id",
     "fan_out_index", "checkpoints", "created_at",
 )
+def insert_sql(placeholder: str) -> str:
+    """``INSERT INTO jobs (...) VALUES (...)`` taking a tuple in INSERT_COLUMNS order."""
+    return (f"INSERT INTO jobs ({', '.join(INSERT_COLUMNS)}) "
+            f"VALUES ({', '.join(placeholder for _ in INSERT_COLUMNS)})")
+
+
 CLAIM_RETURNING = (
     "id, name, queue, args, attempt, max_attempts, max_backoff, timeout, priority, "
     "checkpoints, parent_id, run_at, created_at, started_at"

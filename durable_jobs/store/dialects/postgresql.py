@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from durable_jobs.store.dialects.common import INSERT_COLUMNS, claim_text
+from durable_jobs.store.dialects.common import INSERT_COLUMNS, claim_text, insert_sql
 from durable_jobs.store.schema import NON_TERMINAL_SQL, jobs
 
 CHANNEL = "durable_jobs"
@@ -54,6 +54,7 @@ class PostgreSQLDialect:
 
     name = "postgresql"
     now_sql = NOW
+    insert_sql = insert_sql("%s")
 
     def configure(self, engine: Engine) -> None:
         """Nothing: psycopg's defaults suit us."""
@@ -113,6 +114,9 @@ class NotifyListener:
         while pgconn.notifies() is not None:
             got = True
         return got
+
+    def rebaseline(self) -> None:
+        """Our own transactions send no NOTIFY (but for fan-out resumes, which should wake)."""
 
     def close(self) -> None:
         self._conn.close()

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, event, text
 
-from durable_jobs.store.dialects.common import INSERT_COLUMNS, claim_text
+from durable_jobs.store.dialects.common import claim_text, insert_sql
 from durable_jobs.store.schema import NON_TERMINAL_SQL, jobs
 
 BUSY_TIMEOUT_MS = 30_000
@@ -40,10 +40,7 @@ CLAIM = claim_text(
     """.replace("{slack}", repr(CLOCK_SLACK)),
     NOW,
 )
-BULK_INSERT = (
-    f"INSERT INTO jobs ({', '.join(INSERT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in INSERT_COLUMNS)})"
-)
+BULK_INSERT = insert_sql("?")
 
 
 def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -72,7 +69,10 @@ def _enable_wal(cur: Any) -> None:
 
 
 def _on_begin(conn: Connection) -> None:
-    if conn.get_execution_options().get("durable_read"):
+    options = conn.get_execution_options()
+    if options.get("durable_autocommit"):
+        return  # each statement is its own transaction
+    if options.get("durable_read"):
         conn.exec_driver_sql("BEGIN")
     else:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -83,6 +83,7 @@ class SQLiteDialect:
 
     name = "sqlite"
     now_sql = NOW
+    insert_sql = BULK_INSERT
 
     def configure(self, engine: Engine) -> None:
         event.listen(engine, "connect", _on_connect)
@@ -155,6 +156,11 @@ class DataVersionListener:
             self._version = version
             return True
         return False
+
+    def rebaseline(self) -> None:
+        """Forget changes so far: the supervisor's own commit needs no wake-up (it claimed in
+        the same transaction). A producer committing in between waits at most one poll."""
+        self._version = self._read()
 
     def close(self) -> None:
         self._conn.close()
