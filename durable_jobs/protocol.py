@@ -76,10 +76,10 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class Outcomes:
-    """Several outcomes in one message (the actor batches them for at most ~1 ms)."""
+class Revoked:
+    """The actor dropped a queued lease it had not started, as the supervisor asked."""
 
-    outcomes: tuple[Outcome, ...]
+    job_id: str
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,7 @@ class Init:
     registry: bytes
     heartbeat_interval: float
     measure_memory: bool = False
+    silence_timeout: float = 30.0  # no supervisor traffic this long: the actor exits
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,8 @@ class Leases:
 
 @dataclass(frozen=True)
 class Revoke:
-    """Do not start this leased job: it was cancelled or paused meanwhile."""
+    """Do not start this queued lease (pause, drain, or its job was cancelled meanwhile);
+    answered with ``Revoked`` if it had not started. The running job is never revoked."""
 
     job_id: str
 
@@ -150,7 +152,7 @@ class Stop:
     """Finish nothing more and exit (recycling, shutdown)."""
 
 
-MESSAGES = (Ready, Booted, BootFailed, Heartbeat, Checkpoint, Outcome, Outcomes, Event, Init,
+MESSAGES = (Ready, Booted, BootFailed, Heartbeat, Checkpoint, Outcome, Revoked, Event, Init,
             Lease, Leases, Revoke, CheckpointAck, Ping, Stop)
 
 

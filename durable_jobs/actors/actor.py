@@ -2,8 +2,9 @@
 
 One job at a time on the main thread. A heartbeat thread with its own socket beats every
 ``heartbeat_interval`` (so a busy pure-Python handler still beats) and watches the
-supervisor: if the parent process changes or the supervisor is silent for 3 intervals, the
-actor exits at once, killing its job, so an orphan never runs a job without a lease owner.
+supervisor: if the parent process changes (checked every beat) or the supervisor is silent
+for longer than its lease timeout, the actor exits at once, killing its job, so an orphan
+never runs a job without a lease owner.
 """
 
 from __future__ import annotations
@@ -28,9 +29,7 @@ from durable_jobs.engine.durable import LeaseLost
 from durable_jobs.engine.registry import Registry
 
 INIT_TIMEOUT_MS = 60_000
-OUTCOME_BATCH_WINDOW = 0.001  # hold finished outcomes this long while more leases wait
 ORPHAN_EXIT = 70
-SILENT_BEATS = 3
 
 
 @dataclass(frozen=True)
@@ -77,8 +76,6 @@ class Channel:
                 if not message.ok:
                     raise LeaseLost()
                 return
-            if isinstance(message, p.Revoke) and message.job_id == self.job_id:
-                raise LeaseLost()
             self.inbox.append(message)  # leases, revokes, Stop: handled after this job
 
     def emit(self, kind: str, data: Any) -> None:
@@ -89,10 +86,12 @@ class Channel:
 class Watchdog(threading.Thread):
     """Heartbeats and the orphan check, on a socket of its own."""
 
-    def __init__(self, context: zmq.Context[Any], args: ActorArgs, channel: Channel) -> None:
+    def __init__(self, context: zmq.Context[Any], args: ActorArgs, channel: Channel,
+                 silence_timeout: float) -> None:
         super().__init__(name="durable-heartbeat", daemon=True)
         self.args = args
         self.channel = channel
+        self.silence_timeout = silence_timeout
         self.socket = context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.IDENTITY, f"{args.actor_id}.hb".encode())
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -110,11 +109,11 @@ class Watchdog(threading.Thread):
                 if self.socket.poll(int(remaining * 1000) + 1):
                     self.socket.recv()
                     last_heard = time.monotonic()
-            if time.monotonic() - last_heard > SILENT_BEATS * interval:
+            if time.monotonic() - last_heard > self.silence_timeout:
                 os._exit(ORPHAN_EXIT)
 
 
-def boot(channel: Channel) -> Registry:
+def boot(channel: Channel) -> tuple[Registry, p.Init]:
     """Say Ready, receive Init, load the handlers."""
     channel.send(p.Ready(p.VERSION, os.getpid()))
     if not channel.socket.poll(INIT_TIMEOUT_MS):
@@ -133,24 +132,16 @@ def boot(channel: Channel) -> Registry:
         raise SystemExit(3) from None
     execution.MEASURE_MEMORY = init.measure_memory
     channel.send(p.Booted())
-    return registry
+    return registry, init
 
 
 class JobLoop:
-    """Runs leases one at a time, in the order they came; batches outcomes briefly.
-
-    Outcomes are held for at most ~1 ms while more leases are waiting, then sent together:
-    quick jobs cost one message per batch instead of one per job. A slow job's outcome goes
-    out at once (its window has passed), and so does every failure or suspension.
-    """
+    """Runs leases one at a time, in the order they came; reports each outcome at once."""
 
     def __init__(self, channel: Channel, registry: Registry) -> None:
         self.channel = channel
         self.registry = registry
         self.leases: collections.deque[p.Lease] = collections.deque()
-        self.revoked: set[str] = set()
-        self.unsent: list[p.Outcome] = []
-        self.unsent_since = 0.0
         self.stopping = False
 
     def run(self) -> None:
@@ -158,7 +149,6 @@ class JobLoop:
             self.receive(block=not self.leases)
             if self.leases:
                 self.run_one(self.leases.popleft())
-            self.send_outcomes(force=not self.leases)
 
     def receive(self, block: bool) -> None:
         while (message := self.channel.next_message(block)) is not None:
@@ -168,32 +158,23 @@ class JobLoop:
             elif isinstance(message, p.Leases):
                 self.leases.extend(message.leases)
             elif isinstance(message, p.Revoke):
-                self.revoked.add(message.job_id)
+                self.revoke(message.job_id)
             elif isinstance(message, p.Stop):
                 self.stopping = True
 
+    def revoke(self, job_id: str) -> None:
+        for lease in self.leases:
+            if lease.job_id == job_id:
+                self.leases.remove(lease)
+                self.channel.send(p.Revoked(job_id))
+                return
+
     def run_one(self, lease: p.Lease) -> None:
-        if lease.job_id in self.revoked:
-            self.revoked.discard(lease.job_id)
-            return
         self.channel.job_id = lease.job_id
         outcome = execute(lease, self.registry, self.channel)
         self.channel.job_id = None
-        if outcome is None:
-            return
-        if not self.unsent:
-            self.unsent_since = time.monotonic()
-        self.unsent.append(outcome)
-        if outcome.kind != "completed":
-            self.send_outcomes(force=True)
-
-    def send_outcomes(self, force: bool) -> None:
-        if not self.unsent:
-            return
-        if not force and time.monotonic() - self.unsent_since < OUTCOME_BATCH_WINDOW:
-            return
-        batch, self.unsent = self.unsent, []
-        self.channel.send(batch[0] if len(batch) == 1 else p.Outcomes(tuple(batch)))
+        if outcome is not None:
+            self.channel.send(outcome)
 
 
 def serve(channel: Channel, registry: Registry) -> None:
@@ -206,8 +187,8 @@ def main(args: ActorArgs) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     context = zmq.Context()
     channel = Channel(context, args)
-    registry = boot(channel)
-    Watchdog(context, args, channel).start()
+    registry, init = boot(channel)
+    Watchdog(context, args, channel, init.silence_timeout).start()
     serve(channel, registry)
     channel.socket.close()
     os._exit(0)

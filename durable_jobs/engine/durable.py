@@ -32,9 +32,10 @@ from durable_jobs.engine.errors import (
     JobError,
     NonDeterminismError,
     NoRetry,
+    PayloadTooLargeError,
 )
 from durable_jobs.engine.fanout import CollectAll, FailFast, Result, Strategy, Sub, Threshold
-from durable_jobs.engine.options import check_name, encode_json, to_seconds
+from durable_jobs.engine.options import HandlerOptions, check_name, encode_json, to_seconds
 from durable_jobs.engine.registry import Handler, Registry, coerce_args
 
 FAN_OUT_STEP = "<fan-out>"
@@ -176,7 +177,10 @@ def call(name: str, args: Any = None) -> Any:
                                      json.dumps(error.to_json()),
                                      execution.position - position - 1)
         raise
-    result = encode_json(value, "result")
+    try:
+        result = encode_json(value, f"the result of step {name!r}")
+    except (TypeError, PayloadTooLargeError) as exc:  # retrying cannot change it
+        raise NoRetry(str(exc)) from exc
     execution.runtime.checkpoint(position, name, "completed", result, None,
                                  execution.position - position - 1)
     return json.loads(result)
@@ -234,8 +238,7 @@ def fan_out(subs: Sequence[Sub], strategy: Strategy | None = None, *, queue: str
     if stored is not None:
         return _stored_results(stored)
     kind, threshold = _strategy_fields(strategy or FailFast())
-    if queue is not None:
-        check_name(queue, "queue name")
+    HandlerOptions(retries=retries, queue=queue)  # bad options fail here, in the handler
     specs = tuple(_sub_spec(sub) for sub in subs)
     if not specs:
         execution.runtime.checkpoint(position, FAN_OUT_STEP, "completed", "[]", None, 0)
@@ -248,8 +251,10 @@ def _sub_spec(sub: Sub) -> SubSpec:
     if not isinstance(sub, Sub):
         raise TypeError(f"fan_out takes jobs.Sub items, got {type(sub).__name__}")
     check_name(sub.name)
+    timeout = to_seconds(sub.timeout, "timeout")
+    HandlerOptions(sub.retries, timeout, sub.queue, sub.priority)  # validates each option
     return SubSpec(sub.name, encode_json(sub.args), sub.priority, sub.retries, sub.queue,
-                   sub.timeout)
+                   timeout)
 
 
 def _stored_results(stored: StoredStep) -> list[Result]:

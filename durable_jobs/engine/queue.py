@@ -142,6 +142,8 @@ class Queue:
         self.bus.unsubscribe(subscription)
 
     def emit_custom_event(self, job_id: str, kind: str, data: Any = None) -> None:
+        """Publish a custom event about a job (JobNotFoundError for an unknown id)."""
+        self.get(job_id)
         self.bus.publish(ev.CustomEvent(job_id, kind, data))
 
     # -- enqueue -------------------------------------------------------------------------
@@ -150,14 +152,17 @@ class Queue:
                 retries: int | None = None, delay: float | timedelta | None = None,
                 run_at: datetime | None = None, queue: str | None = None,
                 unique: str | None = None, timeout: float | timedelta | None = None,
-                max_backoff: float | None = None, connection: Connection | None = None) -> str:
+                max_backoff: float | timedelta | None = None,
+                connection: Connection | None = None) -> str:
         """Add one job; returns its id. See API.md §3."""
         now = time.time()
         when = to_epoch(run_at) if run_at is not None else now + (to_seconds(delay, "delay") or 0)
         call = HandlerOptions(retries, to_seconds(timeout, "timeout"), queue, priority,
-                              max_backoff)
+                              to_seconds(max_backoff, "max_backoff"))
         if unique is not None and not isinstance(unique, str):
             raise TypeError(f"unique must be a str, got {type(unique).__name__}")
+        if unique is not None and not 0 < len(unique) <= 255:
+            raise ValueError(f"unique key must be 1 to 255 characters, got {len(unique)}")
         row = build_row(self.registry, name, args, call, when, now, unique)
         store = self.store
         if connection is not None:

@@ -13,6 +13,7 @@ from durable_jobs.engine.options import (
     check_name,
     encode_json,
     resolve,
+    to_seconds,
 )
 from durable_jobs.engine.registry import Handler, Registry, coerce_args
 
@@ -72,7 +73,8 @@ def build_rows(registry: Registry, subs: Iterable[Sub], now: float,
         if shape is None:
             check_name(sub.name)
             handler = registry.find(sub.name)
-            call = HandlerOptions(sub.retries, sub.timeout, sub.queue, sub.priority)
+            call = HandlerOptions(sub.retries, to_seconds(sub.timeout, "timeout"), sub.queue,
+                                  sub.priority)
             shape = shapes[key] = (handler, resolve(call, handler.options if handler else None))
         handler, opts = shape
         if handler is not None and handler.arg_type is not None:

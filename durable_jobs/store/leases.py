@@ -1,10 +1,13 @@
 """Leases: claim a batch, renew, write outcomes guarded by the lease, release, reclaim.
 
-Every write after the claim is guarded by ``lease_owner = me AND status = 'running'``; a
-write that matches no row means the lease was lost (cancelled, paused, reclaimed), and the
-outcome is dropped. Outcome writes first select the rows they may touch (locking them on
-PostgreSQL; SQLite's BEGIN IMMEDIATE already excludes other writers), then update them with
-one executemany per kind, so a batch costs a fixed number of statements.
+Every write after the claim is guarded by ``lease_owner = me AND status = 'running'`` and,
+when the caller passes them, by the claim's ``lease_token``: a job that was paused or
+cancelled and then resumed or retried may be claimed again by the same supervisor, and only
+the token tells the new claim from the stale one. A write that matches no row means the
+lease was lost, and the outcome is dropped. Outcome writes first select the rows they may
+touch (locking them on PostgreSQL; SQLite's BEGIN IMMEDIATE already excludes other
+writers), then update them with one executemany per kind, so a batch costs a fixed number
+of statements.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ Write = Transition | Release
 # Outcome writes run as plain driver executemany: the rows were already checked (and locked
 # on PostgreSQL) by _owned, and skipping SQLAlchemy's per-row parameter processing roughly
 # halves the supervisor's cost per job.
-_CLEAR = "lease_owner = NULL, lease_expires_at = NULL"
+_CLEAR = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
 COMPLETE = ("UPDATE jobs SET status = 'completed', result = :b_result, error = NULL, "
             f"finished_at = :b_now, {_CLEAR} WHERE id = :b_id")
 RETRY = (f"UPDATE jobs SET status = 'pending', run_at = :b_run_at, error = :b_error, {_CLEAR} "
@@ -43,7 +46,7 @@ FAIL = ("UPDATE jobs SET status = 'failed', error = :b_error, finished_at = :b_n
 RELEASE = f"UPDATE jobs SET status = 'pending', attempt = attempt - 1, {_CLEAR} WHERE id = :b_id"
 _PYFORMAT = re.compile(r":(b_\w+)")
 
-OWNED = select(jobs.c.id, jobs.c.fan_out_id, jobs.c.checkpoints).where(
+OWNED = select(jobs.c.id, jobs.c.fan_out_id, jobs.c.checkpoints, jobs.c.lease_token).where(
     jobs.c.id.in_(bindparam("ids", expanding=True)), jobs.c.lease_owner == bindparam("owner"),
     jobs.c.status == "running")
 OWNED_LOCKED = OWNED.with_for_update()
@@ -65,32 +68,55 @@ def claim(conn: Connection, dialect: Dialect, owner: str, queue: str, names: lis
     return rows
 
 
-def renew(conn: Connection, dialect: Dialect, owner: str, ids: list[str],
-          lease_timeout: float) -> set[str]:
-    """Extend the leases still held; returns the ids that are still ours and running."""
+Tokens = dict[str, str]  # job id -> the lease token of our claim
+
+
+def _matches(row: Any, tokens: Tokens | None) -> bool:
+    return tokens is None or tokens.get(row.id) == row.lease_token
+
+
+def renew_tokens(conn: Connection, dialect: Dialect, owner: str, ids: list[str],
+                 lease_timeout: float) -> Tokens:
+    """Extend the leases still held; returns {id: lease token} of those still ours."""
     if not ids:
-        return set()
+        return {}
     rows = conn.execute(
         update(jobs).where(jobs.c.id.in_(ids), jobs.c.lease_owner == owner,
                            jobs.c.status == "running")
         .values(lease_expires_at=literal_column(dialect.now_sql) + lease_timeout)
-        .returning(jobs.c.id)
+        .returning(jobs.c.id, jobs.c.lease_token)
     )
-    return set(rows.scalars())
+    return {row.id: row.lease_token for row in rows}
 
 
-def _owned(conn: Connection, owner: str, ids: list[str]) -> dict[str, Any]:
+def renew(conn: Connection, dialect: Dialect, owner: str, ids: list[str],
+          lease_timeout: float, tokens: Tokens | None = None) -> set[str]:
+    """Extend the leases still held; returns the ids that are still ours and running."""
+    kept = renew_tokens(conn, dialect, owner, ids, lease_timeout)
+    return {job_id for job_id, token in kept.items()
+            if tokens is None or tokens.get(job_id) == token}
+
+
+def _owned(conn: Connection, owner: str, ids: list[str],
+           tokens: Tokens | None = None) -> dict[str, Any]:
     query = OWNED_LOCKED if conn.dialect.name == "postgresql" else OWNED
-    return {row.id: row for row in conn.execute(query, {"ids": ids, "owner": owner})}
+    rows = conn.execute(query, {"ids": ids, "owner": owner})
+    return {row.id: row for row in rows if _matches(row, tokens)}
 
 
 def finish(conn: Connection, dialect: Dialect, owner: str, items: list[tuple[str, Write]],
-           now: float) -> list[tuple[Any, Write]]:
-    """Write a batch of outcomes; returns (row before the write, write) for those applied."""
+           now: float, tokens: list[str | None] | None = None) -> list[tuple[Any, Write]]:
+    """Write a batch of outcomes; returns (row before the write, write) for those applied.
+
+    ``tokens[i]``, if given, is the lease token of the claim that ``items[i]`` belongs to.
+    """
     if not items:
         return []
     owned = _owned(conn, owner, [job_id for job_id, _ in items])
-    applied = [(owned[job_id], write) for job_id, write in items if job_id in owned]
+    expected = tokens or [None] * len(items)
+    applied = [(owned[job_id], write) for (job_id, write), token in zip(items, expected,
+                                                                         strict=True)
+               if job_id in owned and token in (None, owned[job_id].lease_token)]
     params: dict[type, list[dict[str, Any]]] = {Complete: [], Retry: [], Fail: [], Release: []}
     for row, write in applied:
         params[type(write)].append(_params(row.id, write, now))
@@ -127,17 +153,19 @@ def error_json(error: JobError) -> str:
 
 
 def suspend(conn: Connection, dialect: Dialect, owner: str, job_id: str,
-            fan_out: dict[str, Any], sub_rows: list[tuple[Any, ...]]) -> bool:
+            fan_out: dict[str, Any], sub_rows: list[tuple[Any, ...]],
+            tokens: Tokens | None = None) -> bool:
     """Park a running parent on a new fan-out: insert sub-jobs, record it, parent -> waiting.
 
     The attempt is given back: a parent that fanned out once and then completed has used one.
     """
-    if job_id not in _owned(conn, owner, [job_id]):
+    if job_id not in _owned(conn, owner, [job_id], tokens):
         return False
     fanouts.create(conn, fan_out)
     dialect.bulk_insert(conn, sub_rows)
     conn.execute(update(jobs).where(jobs.c.id == job_id).values(
-        status="waiting", attempt=jobs.c.attempt - 1, lease_owner=None, lease_expires_at=None))
+        status="waiting", attempt=jobs.c.attempt - 1, lease_owner=None, lease_token=None,
+        lease_expires_at=None))
     return True
 
 
@@ -171,25 +199,29 @@ def reclaim_expired(conn: Connection, dialect: Dialect, now: float,
     return items
 
 
-def save_checkpoints(conn: Connection, owner: str, rows: list[dict[str, Any]]) -> set[str]:
-    """Store step rows for jobs whose lease we still hold; returns the job ids accepted."""
+def save_checkpoints(conn: Connection, owner: str, rows: list[dict[str, Any]],
+                     tokens: list[str | None] | None = None) -> list[bool]:
+    """Store step rows for jobs whose lease we still hold; returns which were accepted."""
     if not rows:
-        return set()
+        return []
     owned = _owned(conn, owner, sorted({row["job_id"] for row in rows}))
-    accepted = [row for row in rows if row["job_id"] in owned]
+    expected = tokens or [None] * len(rows)
+    ok = [row["job_id"] in owned and token in (None, owned[row["job_id"]].lease_token)
+          for row, token in zip(rows, expected, strict=True)]
+    accepted = [row for row, good in zip(rows, ok, strict=True) if good]
     from durable_jobs.store.jobs import save_steps
 
     save_steps(conn, accepted)
-    return {row["job_id"] for row in accepted}
+    return ok
 
 
-def release_owned(conn: Connection, owner: str, ids: list[str]) -> int:
+def release_owned(conn: Connection, owner: str, ids: list[str],
+                  tokens: Tokens | None = None) -> int:
     """Release jobs we claimed but will not run (prefetched at shutdown or pause)."""
     if not ids:
         return 0
-    return int(conn.execute(
-        update(jobs).where(jobs.c.id.in_(ids), jobs.c.lease_owner == owner,
-                           jobs.c.status == "running")
-        .values(status="pending", attempt=jobs.c.attempt - 1, lease_owner=None,
-                lease_expires_at=None)
-    ).rowcount)
+    held = list(_owned(conn, owner, ids, tokens))
+    if not held:
+        return 0
+    _executemany(conn, RELEASE, [{"b_id": job_id} for job_id in held])
+    return len(held)

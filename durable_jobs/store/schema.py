@@ -48,6 +48,7 @@ jobs = Table(
     Column("result", Text),
     Column("error", Text),
     Column("lease_owner", String(64)),
+    Column("lease_token", String(32)),  # new at every claim: tells a re-claim from a stale one
     Column("lease_expires_at", Double),
     Column("created_at", Double, nullable=False),
     Column("started_at", Double),

@@ -67,6 +67,16 @@ def _ping_when_idle(engine: Engine) -> None:
             raise exc.DisconnectionError(str(error)) from error
 
 
+def is_transient(error: BaseException) -> bool:
+    """A database error worth retrying as is: lost connection, deadlock, serialization."""
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(error, exc.OperationalError | exc.InterfaceError):
+        return True
+    code = getattr(getattr(error, "orig", None), "sqlstate", None)
+    return code in ("40001", "40P01")
+
+
 class Store:
     """Where jobs live: a SQLAlchemy URL (or Engine) for SQLite or PostgreSQL.
 

@@ -16,7 +16,7 @@ from durable_jobs import protocol as p
 from durable_jobs.engine import events as ev
 from durable_jobs.engine.errors import JobError
 from durable_jobs.engine.job import PauseMode
-from durable_jobs.engine.outcomes import Failed
+from durable_jobs.engine.outcomes import Fail, Failed
 from durable_jobs.store.leases import Release
 from durable_jobs.supervisor.pool import Actor, exit_description
 
@@ -80,13 +80,34 @@ class Control:
             self.dispatcher.add_write(actor.jobs.popleft(), Release())
             self.wake.notified = True
 
+    def fail_fan_outs(self, error: BaseException) -> None:
+        """A flush failed for a reason a retry cannot fix: fail the jobs whose fan-out was in
+        it (the likely cause), so the next flush can go through."""
+        for job, _spec in self.dispatcher.suspends:
+            log.error("fan-out of job %s could not be stored: %s", job.job_id, error)
+            self.dispatcher.add_write(job, Fail(JobError(
+                type(error).__name__, f"the fan-out could not be stored: {error}")))
+        self.dispatcher.suspends = []
+
     def revoke_queued(self) -> None:
-        """Take back leases queued in actors behind the running one (pause, drain)."""
+        """Ask actors to hand back leases queued behind the running one (pause, drain).
+
+        The actor answers ``Revoked`` for each it had not started (then it goes back to
+        pending); one it had started finishes and reports as usual.
+        """
         for actor in self.pool.actors.values():
-            while len(actor.jobs) > 1:
-                job = actor.jobs.pop()
-                self.send(actor.id, p.Revoke(job.job_id))
+            for job in list(actor.jobs)[1:]:
+                if not job.revoking:
+                    job.revoking = True
+                    self.send(actor.id, p.Revoke(job.job_id))
+
+    def on_revoked(self, actor: Actor, job_id: str) -> None:
+        for job in actor.jobs:
+            if job.job_id == job_id and job.revoking:
+                actor.jobs.remove(job)
                 self.dispatcher.add_write(job, Release())
+                self.wake.notified = True
+                return
 
     def release_running(self, actor: Actor, reason: str) -> None:
         """Kill the actor and give all its jobs back to pending without using an attempt."""
@@ -95,19 +116,21 @@ class Control:
         self.pool.stop(actor, reason, force=True)
         self.release_queued(actor)
 
-    def lease_lost(self, job_ids: set[str]) -> None:
-        """Jobs cancelled or paused elsewhere: kill the actor running one, write nothing."""
-        self.dispatcher.drop(job_ids)
+    def lease_lost(self, lost: list[Running]) -> None:
+        """Jobs cancelled, paused or re-claimed elsewhere: kill the actor running one (its
+        other leases go back), revoke queued ones, write nothing for them."""
+        self.dispatcher.drop(lost)
+        gone = {id(job) for job in lost}
         for actor in list(self.pool.actors.values()):
             head = actor.job
-            if head is not None and head.job_id in job_ids:
+            if head is not None and id(head) in gone:
                 log.info("job %s was cancelled or paused elsewhere; killing actor %s",
                          head.job_id, actor.id)
                 actor.jobs.popleft()
                 self.pool.stop(actor, "lease lost", force=True)
                 self.release_queued(actor)
                 continue
-            for job in [j for j in actor.jobs if j.job_id in job_ids]:
+            for job in [j for j in actor.jobs if id(j) in gone]:
                 actor.jobs.remove(job)
                 self.send(actor.id, p.Revoke(job.job_id))
 

@@ -58,9 +58,8 @@ class Dispatcher:
         self.names = registry.names()
         self.lease_timeout = lease_timeout
         self.prefetch = prefetch
-        self.writes: list[tuple[str, Write]] = []
-        self.writing: dict[str, Running] = {}  # the jobs behind ``writes``
-        self.checkpoints: list[Checkpoint] = []
+        self.writes: list[tuple[Running, Write]] = []
+        self.checkpoints: list[tuple[Running, Checkpoint]] = []
         self.suspends: list[tuple[Running, FanOutSpec]] = []
         self.ready: dict[str, collections.deque[Ready]] = {q: collections.deque() for q in queues}
         self.want: dict[str, int] = dict.fromkeys(queues, 0)
@@ -71,12 +70,11 @@ class Dispatcher:
         return len(self.writes) + len(self.checkpoints) + len(self.suspends)
 
     def add_write(self, job: Running, write: Write) -> None:
-        self.writes.append((job.job_id, write))
-        self.writing[job.job_id] = job
+        self.writes.append((job, write))
         self._mark()
 
-    def add_checkpoint(self, checkpoint: Checkpoint) -> None:
-        self.checkpoints.append(checkpoint)
+    def add_checkpoint(self, job: Running, checkpoint: Checkpoint) -> None:
+        self.checkpoints.append((job, checkpoint))
         self._mark()
 
     def add_suspend(self, job: Running, spec: FanOutSpec) -> None:
@@ -97,19 +95,23 @@ class Dispatcher:
         want = {q: n for q, n in self.want.items() if n > 0}
         done = Flushed()
         store = self.store
+        fan_outs = [(job, spec, *self._fan_out_rows(job, spec, now)) for job, spec in suspends]
         with store.write() as conn:
-            rows = [_step_row(c, now) for c in checkpoints]
-            accepted = leases.save_checkpoints(conn, self.owner, rows)
-            done.acks = [(c.job_id, c.position, c.job_id in accepted) for c in checkpoints]
-            applied = leases.finish(conn, store.dialect, self.owner, writes, now)
-            for job, spec in suspends:
-                fan_out, subs = self._fan_out_rows(job, spec, now)
-                ok = leases.suspend(conn, store.dialect, self.owner, job.job_id, fan_out, subs)
+            rows = [_step_row(c, now) for _, c in checkpoints]
+            accepted = leases.save_checkpoints(conn, self.owner, rows,
+                                               [j.token for j, _ in checkpoints])
+            done.acks = [(c.job_id, c.position, ok)
+                         for (_, c), ok in zip(checkpoints, accepted, strict=True)]
+            applied = leases.finish(conn, store.dialect, self.owner,
+                                    [(j.job_id, w) for j, w in writes], now,
+                                    [j.token for j, _ in writes])
+            for job, spec, fan_out, subs in fan_outs:
+                ok = leases.suspend(conn, store.dialect, self.owner, job.job_id, fan_out, subs,
+                                    {job.job_id: job.token or ""})
                 done.suspended.append((job, spec, ok))
             claimed = {q: self._claim(conn, q, n) for q, n in want.items()}
-        done.applied = [(self.writing[row.id], write) for row, write in applied]
-        for job_id, _ in writes:
-            self.writing.pop(job_id, None)
+        job_of = {id(write): job for job, write in writes}
+        done.applied = [(job_of[id(write)], write) for _row, write in applied]
         del self.writes[:len(writes)]
         self.checkpoints, self.suspends = [], []
         self.first_write_at = time.monotonic() if self.pending_writes else None
@@ -166,23 +168,24 @@ class Dispatcher:
 
     def release_buffered(self) -> list[str]:
         """Give prefetched jobs back (shutdown, pause); returns their ids."""
-        ids = self.buffered_ids()
+        held = {r.job.job_id: r.job.token or "" for q in self.ready.values() for r in q}
         for q in self.ready.values():
             q.clear()
-        if ids:
+        if held:
             with self.store.write() as conn:
-                leases.release_owned(conn, self.owner, ids)
-        return ids
+                leases.release_owned(conn, self.owner, list(held), held)
+        return list(held)
 
-    def drop(self, job_ids: set[str]) -> None:
+    def drop(self, lost: list[Running]) -> None:
         """Forget prefetched jobs whose lease was lost (cancelled or paused elsewhere)."""
+        gone = {id(job) for job in lost}
         for queue, items in self.ready.items():
-            self.ready[queue] = collections.deque(r for r in items if r.job.job_id not in job_ids)
+            self.ready[queue] = collections.deque(r for r in items if id(r.job) not in gone)
 
 
 def _running(row: Any) -> Running:
     return Running(row.id, row.name, row.queue, row.args, row.attempt, row.max_attempts,
-                   row.max_backoff, row.timeout, None, row.checkpoints, row=row)
+                   row.max_backoff, row.timeout, row.lease_token, row.checkpoints, row=row)
 
 
 def _stored(row: Any) -> StoredStep:

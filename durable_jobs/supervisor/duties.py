@@ -33,12 +33,15 @@ class LeaseKeeper:
     def run_once(self, now: float) -> dict[str, int]:
         sup = self.supervisor
         store = sup.store
-        running = [job.job_id for a in sup.pool.actors.values() for job in a.jobs]
-        held = running + sup.dispatcher.buffered_ids()
+        held = [job for a in sup.pool.actors.values() for job in a.jobs]
+        held += [r.job for q in sup.dispatcher.ready.values() for r in q]
         with store.write() as conn:
-            kept = leases.renew(conn, store.dialect, sup.id, held, sup.options.lease_timeout)
+            kept = leases.renew_tokens(conn, store.dialect, sup.id,
+                                       sorted({j.job_id for j in held}),
+                                       sup.options.lease_timeout)
             paused, mode = supervisor_rows.beat(conn, store.dialect, sup.id)
-        lost = set(held) - kept
+        # A job re-claimed after a pause/resume has a new token: the old run is lost too.
+        lost = [job for job in held if kept.get(job.job_id) != job.token]
         if lost:
             sup.lease_lost(lost)
         self._follow_row(paused, mode)

@@ -38,6 +38,9 @@ class Inbox:
     def send(self, actor_id: str, message: Any) -> None:
         raise NotImplementedError
 
+    def on_revoked(self, actor: Actor, job_id: str) -> None:
+        raise NotImplementedError
+
     @staticmethod
     def _starts(job: Running, now: float) -> None:
         """The job is at the head of its actor's leases: its clock starts now."""
@@ -67,12 +70,11 @@ class Inbox:
         match message:
             case p.Outcome():
                 self.on_outcome(actor, message)
-            case p.Outcomes(outcomes=outcomes):
-                for outcome in outcomes:
-                    self.on_outcome(actor, outcome)
+            case p.Revoked(job_id=job_id):
+                self.on_revoked(actor, job_id)
             case p.Checkpoint():
                 if actor.job is not None and actor.job.job_id == message.job_id:
-                    self.dispatcher.add_checkpoint(message)
+                    self.dispatcher.add_checkpoint(actor.job, message)
             case p.Event(job_id=job_id, kind=kind, data=data):
                 self.hooks.custom(job_id, kind, data)
             case p.Ready():

@@ -55,11 +55,12 @@ class Running:
     max_attempts: int
     max_backoff: float
     timeout: float | None
-    fan_out_id: str | None
+    token: str | None  # the claim's lease token
     checkpoints: int
     started: float = 0.0  # monotonic, when dispatched
     deadline: float | None = None  # monotonic hard limit
     row: Any = None
+    revoking: bool = False  # asked the actor to hand it back unstarted
 
 
 @dataclass

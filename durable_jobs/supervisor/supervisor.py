@@ -30,7 +30,7 @@ from durable_jobs.engine.job import PauseMode
 from durable_jobs.engine.outcomes import Succeeded
 from durable_jobs.engine.queue import Queue
 from durable_jobs.store import supervisors as supervisor_rows
-from durable_jobs.store.store import Store
+from durable_jobs.store.store import Store, is_transient
 from durable_jobs.supervisor.control import Control, Phase
 from durable_jobs.supervisor.dispatch import Dispatcher, Flushed
 from durable_jobs.supervisor.duties import Duties
@@ -143,7 +143,11 @@ class Supervisor(Inbox, Control):
         except Exception as exc:  # noqa: BLE001 - name the unpicklable handler
             raise DurableJobsError(f"cannot send the handlers to actors: {exc}") from exc
         measure = any(q.max_memory_mb for q in self.options.queues.values())
-        return p.Init(tuple(sys.path), blob, self.options.heartbeat_interval, measure)
+        # A supervisor stuck in a slow database call must not make every actor quit (and
+        # every running job use an attempt): actors wait as long as a lease lasts. A dead
+        # supervisor is still seen at once through the parent-pid check.
+        silence = max(3 * self.options.heartbeat_interval, self.options.lease_timeout)
+        return p.Init(tuple(sys.path), blob, self.options.heartbeat_interval, measure, silence)
 
     def run(self, install_signals: bool = True) -> None:
         """Run until stopped (SIGTERM/SIGINT, ``stop()``); blocks."""
@@ -202,9 +206,9 @@ class Supervisor(Inbox, Control):
         self.read_messages(now)
         self.enforce_limits(now)
         self.dispatch(now)  # from the prefetch buffer first: actors need not wait on the DB
-        self.flush(now)
+        self.duties.run_due(now, time.time())  # before flush: a failing flush must not stop
+        self.flush(now)                         # lease renewal or the reaper
         self.dispatch(now)
-        self.duties.run_due(now, time.time())
         self.check_drained(now)
         self.wait(now)
 
@@ -282,7 +286,12 @@ class Supervisor(Inbox, Control):
              or self.phase is not Phase.RUNNING))
         if not due:
             return
-        flushed = d.flush(time.time())
+        try:
+            flushed = d.flush(time.time())
+        except Exception as exc:
+            if not is_transient(exc):
+                self.fail_fan_outs(exc)
+            raise
         self.listener.rebaseline()
         self.after_flush(flushed)
 

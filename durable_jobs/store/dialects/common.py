@@ -23,7 +23,7 @@ def insert_sql(placeholder: str) -> str:
 
 CLAIM_RETURNING = (
     "id, name, queue, args, attempt, max_attempts, max_backoff, timeout, priority, "
-    "checkpoints, parent_id, run_at, created_at, started_at"
+    "checkpoints, parent_id, run_at, created_at, started_at, lease_token"
 )
 
 

@@ -7,6 +7,7 @@ skewed clocks cannot steal each other's live leases.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
@@ -30,7 +31,7 @@ CLAIM = claim_text(
         FOR UPDATE SKIP LOCKED
     )
     UPDATE jobs SET status = 'running', attempt = jobs.attempt + 1, lease_owner = :owner,
-        lease_expires_at = {now} + :lease, started_at = {now}
+        lease_token = :token, lease_expires_at = {now} + :lease, started_at = {now}
     FROM picked WHERE jobs.id = picked.picked_id
     RETURNING {returning}
     """,
@@ -70,7 +71,7 @@ class PostgreSQLDialect:
         lease_timeout: float,
     ) -> list[Any]:
         params = {"owner": owner, "queue": queue, "names": names, "limit": limit,
-                  "lease": lease_timeout}
+                  "lease": lease_timeout, "token": uuid.uuid4().hex}
         return list(conn.execute(CLAIM, params))
 
     def bulk_insert(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import uuid
 from typing import Any
 
 from sqlalchemy import Connection, Engine, event, text
@@ -27,7 +28,7 @@ CLOCK_SLACK = 0.002
 CLAIM = claim_text(
     """
     UPDATE jobs SET status = 'running', attempt = attempt + 1, lease_owner = :owner,
-        lease_expires_at = {now} + :lease, started_at = {now}
+        lease_token = :token, lease_expires_at = {now} + :lease, started_at = {now}
     WHERE id IN (
         SELECT id FROM jobs
         WHERE status = 'pending' AND queue = :queue AND run_at <= {now} + {slack}
@@ -100,7 +101,7 @@ class SQLiteDialect:
         lease_timeout: float,
     ) -> list[Any]:
         params = {"owner": owner, "queue": queue, "names": names, "limit": limit,
-                  "lease": lease_timeout}
+                  "lease": lease_timeout, "token": uuid.uuid4().hex}
         return list(conn.execute(CLAIM, params))
 
     def bulk_insert(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
