@@ -19,6 +19,7 @@ from durable_jobs.engine.errors import (
     JobCancelledError,
     JobError,
     JobFailedError,
+    StoreUnavailableError,
 )
 from durable_jobs.engine.fanout import Sub
 from durable_jobs.engine.job import TERMINAL, Job, PauseMode, Status, to_datetime
@@ -209,41 +210,77 @@ class Queue:
     def cancel(self, job_id: str) -> None:
         """Cancel a job and its whole fan-out subtree (a running job's actor is killed)."""
         store = self.store
-        with store.write() as conn:
-            row = job_rows.get_status(conn, job_id, lock=True)
+
+        def cancel(conn: Connection) -> list[Any]:
+            row = job_rows.get_status(conn, job_id)
             if row.status in ("completed", "failed", "cancelled"):
                 raise InvalidStateError(job_id, row.status, "cancel")
-            now = time.time()
-            cancelled = job_rows.cancel_ids(conn, store.dialect,
-                                            job_rows.subtree(conn, job_id))
+            levels = job_rows.subtree_levels(conn, job_id)
+            job_rows.lock_leaves_first(conn, levels)
+            ids = [i for level in levels for i in level]
+            cancelled = job_rows.cancel_ids(conn, store.dialect, ids)
+            if not any(r.id == job_id for r in cancelled):  # it finished meanwhile
+                raise InvalidStateError(job_id, job_rows.get_status(conn, job_id).status,
+                                        "cancel")
             if fanouts.settle(conn, store.dialect, ((r.fan_out_id, False) for r in cancelled),
-                              now):
+                              time.time()):
                 store.dialect.notify(conn)
+            return cancelled
+
+        cancelled = self._write(cancel)
         for r in cancelled:
             self.bus.publish(ev.JobCancelled(r.id, r.name, r.queue))
+
+    def _write(self, operation: Callable[[Connection], Any], tries: int = 3) -> Any:
+        """Run ``operation`` in a write transaction; a deadlock, serialization failure or
+        dropped connection is retried (the whole transaction), then reported clearly."""
+        from durable_jobs.store.store import is_transient
+
+        for attempt in range(1, tries + 1):
+            try:
+                with self.store.write() as conn:
+                    return operation(conn)
+            except DurableJobsError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - only database errors are handled
+                if not is_transient(exc):
+                    raise
+                if attempt == tries:
+                    raise StoreUnavailableError(f"database error: {_first_line(exc)}") from exc
+                time.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
 
     def retry(self, job_id: str) -> None:
         """Run a failed or cancelled job again from the start."""
         store = self.store
-        with store.write() as conn:
+
+        def retry(conn: Connection) -> None:
             job_rows.reset_for_retry(conn, job_id, time.time())
             store.dialect.notify(conn)
+
+        self._write(retry)
 
     def pause_job(self, job_id: str, mode: PauseMode | str = PauseMode.GRACEFUL) -> None:
         """Pause a job; a running one only with ``PauseMode.AGGRESSIVE`` (kills its actor)."""
         mode = PauseMode(mode)
-        with self.store.write() as conn:
+
+        def pause(conn: Connection) -> Any:
             job_rows.pause(conn, job_id, mode is PauseMode.AGGRESSIVE)
-            row = job_rows.get(conn, job_id)
+            return job_rows.get(conn, job_id)
+
+        row = self._write(pause)
         self.bus.publish(ev.JobPaused(job_id, row.name, row.queue, mode=mode.value))
 
     def resume_job(self, job_id: str) -> None:
         """Return a paused job to where it was; it replays from its checkpoints."""
         store = self.store
-        with store.write() as conn:
+
+        def resume(conn: Connection) -> Any:
             job_rows.resume(conn, job_id)
-            row = job_rows.get(conn, job_id)
             store.dialect.notify(conn)
+            return job_rows.get(conn, job_id)
+
+        row = self._write(resume)
         self.bus.publish(ev.JobResumed(job_id, row.name, row.queue))
 
     def is_job_paused(self, job_id: str) -> bool:
@@ -266,10 +303,13 @@ class Queue:
     def _set_queue_paused(self, name: str, paused: bool) -> None:
         check_name(name, "queue name")
         store = self.store
-        with store.write() as conn:
+
+        def set_paused(conn: Connection) -> None:
             job_rows.set_queue_paused(conn, store.dialect, name, paused, time.time())
             if not paused:
                 store.dialect.notify(conn)
+
+        self._write(set_paused)
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -280,6 +320,11 @@ class Queue:
 
         return Worker(self, queues or {"default": 1}, scheduler=scheduler,
                       poll_interval=poll_interval, **options)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _terminal_result(job: Job) -> Any:

@@ -57,18 +57,38 @@ def get_status(conn: Connection, job_id: str, lock: bool = False) -> Any:
     return row
 
 
+def subtree_levels(conn: Connection, root: str) -> list[list[str]]:
+    """``root`` and all its descendants, one list per generation (finished ones included:
+    a finished sub-job may have running sub-jobs of its own)."""
+    levels = [[root]]
+    while True:
+        children: list[str] = []
+        for chunk in _chunks(levels[-1], 500):
+            children.extend(conn.execute(
+                select(jobs.c.id).where(jobs.c.parent_id.in_(chunk))).scalars())
+        if not children:
+            return levels
+        levels.append(children)
+
+
 def subtree(conn: Connection, root: str) -> list[str]:
-    """The ids of ``root`` and all its non-terminal descendants, breadth first."""
-    found = [root]
-    frontier = [root]
-    while frontier:
-        children = conn.execute(
-            select(jobs.c.id).where(jobs.c.parent_id.in_(frontier),
-                                    jobs.c.status.in_(NON_TERMINAL))
-        ).scalars().all()
-        frontier = list(children)
-        found.extend(frontier)
-    return found
+    """The ids of ``root`` and all its descendants, breadth first."""
+    return [job_id for level in subtree_levels(conn, root) for job_id in level]
+
+
+def lock_leaves_first(conn: Connection, levels: list[list[str]]) -> None:
+    """Lock a subtree's live rows deepest generation first (PostgreSQL).
+
+    Outcome writes lock a sub-job, then its fan-out, then its parent; taking a subtree's
+    locks in the same direction means cancel and a supervisor's flush cannot deadlock.
+    """
+    if conn.dialect.name != "postgresql":
+        return  # BEGIN IMMEDIATE already holds the only write lock
+    for level in reversed(levels):
+        for chunk in _chunks(sorted(level), 500):
+            conn.execute(select(jobs.c.id).where(jobs.c.id.in_(chunk),
+                                                 jobs.c.status.in_(NON_TERMINAL))
+                         .order_by(jobs.c.id).with_for_update()).all()
 
 
 def cancel_ids(conn: Connection, dialect: Dialect, ids: list[str]) -> list[Any]:
@@ -79,10 +99,6 @@ def cancel_ids(conn: Connection, dialect: Dialect, ids: list[str]) -> list[Any]:
     """
     if not ids:
         return []
-    conn.execute(
-        update(fan_outs).where(fan_outs.c.parent_id.in_(ids), fan_outs.c.status == "open")
-        .values(status="cancelled")
-    )
     result: list[Any] = []
     for chunk in _chunks(ids, 500):
         rows = conn.execute(
@@ -93,6 +109,10 @@ def cancel_ids(conn: Connection, dialect: Dialect, ids: list[str]) -> list[Any]:
             .returning(jobs.c.id, jobs.c.fan_out_id, jobs.c.name, jobs.c.queue)
         ).all()
         result.extend(rows)
+    for chunk in _chunks([r.id for r in result], 500):
+        conn.execute(
+            update(fan_outs).where(fan_outs.c.parent_id.in_(chunk), fan_outs.c.status == "open")
+            .values(status="cancelled"))
     return result
 
 

@@ -32,7 +32,7 @@ MAX_BATCH = 512  # outcomes per transaction
 class Flushed:
     """What one flush committed, for the loop to act on after the commit."""
 
-    acks: list[tuple[str, int, bool]] = field(default_factory=list)
+    acks: list[tuple[Running, int, bool]] = field(default_factory=list)
     applied: list[tuple[Any, Write]] = field(default_factory=list)
     suspended: list[tuple[Running, FanOutSpec, bool]] = field(default_factory=list)
     claimed: dict[str, int] = field(default_factory=dict)
@@ -100,8 +100,8 @@ class Dispatcher:
             rows = [_step_row(c, now) for _, c in checkpoints]
             accepted = leases.save_checkpoints(conn, self.owner, rows,
                                                [j.token for j, _ in checkpoints])
-            done.acks = [(c.job_id, c.position, ok)
-                         for (_, c), ok in zip(checkpoints, accepted, strict=True)]
+            done.acks = [(job, c.position, ok)
+                         for (job, c), ok in zip(checkpoints, accepted, strict=True)]
             applied = leases.finish(conn, store.dialect, self.owner,
                                     [(j.job_id, w) for j, w in writes], now,
                                     [j.token for j, _ in writes])

@@ -129,9 +129,10 @@ class Inbox:
             actor.stop_reason = "recycle"
             actor.kill_at = time.monotonic() + 5.0
 
-    def _actor_running(self, job_id: str) -> Actor | None:
+    def _actor_running(self, job: Running) -> Actor | None:
+        """The actor running this very claim of the job (a stale claim may share its id)."""
         for actor in self.pool.actors.values():
-            if actor.job is not None and actor.job.job_id == job_id:
+            if actor.job is job:
                 return actor
         return None
 

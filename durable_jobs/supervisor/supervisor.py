@@ -30,6 +30,7 @@ from durable_jobs.engine.job import PauseMode
 from durable_jobs.engine.outcomes import Succeeded
 from durable_jobs.engine.queue import Queue
 from durable_jobs.store import supervisors as supervisor_rows
+from durable_jobs.store.dialects import Listener
 from durable_jobs.store.store import Store, is_transient
 from durable_jobs.supervisor.control import Control, Phase
 from durable_jobs.supervisor.dispatch import Dispatcher, Flushed
@@ -72,6 +73,21 @@ class Wake:
 
     exited: list[int] = field(default_factory=list)
     notified: bool = False
+
+
+class NoListener:
+    """Stands in while the wake-up connection is down: claims run on polling alone."""
+
+    fileno: int | None = None
+
+    def changed(self) -> bool:
+        return False
+
+    def rebaseline(self) -> None:
+        """Nothing to forget."""
+
+    def close(self) -> None:
+        """Nothing to close."""
 
 
 class Supervisor(Inbox, Control):
@@ -119,12 +135,13 @@ class Supervisor(Inbox, Control):
                                      self.options.lease_timeout, self.options.prefetch,
                                      list(self.options.queues))
         self.duties = Duties(self)
-        self.listener = self.store.dialect.listener(self.store.engine)
+        self.listener: Listener = self.store.dialect.listener(self.store.engine)
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.wakeup.read_fd, zmq.POLLIN)
         if self.listener.fileno is not None:
             self.poller.register(self.listener.fileno, zmq.POLLIN)
+        self.listener_retry_at = 0.0
         if install_signals:
             self.signals.install()
         with self.store.write() as conn:
@@ -313,13 +330,13 @@ class Supervisor(Inbox, Control):
         self.wake.notified = False
 
     def after_flush(self, flushed: Flushed) -> None:
-        for job_id, position, ok in flushed.acks:
-            actor = self._actor_running(job_id)
+        for job, position, ok in flushed.acks:
+            actor = self._actor_running(job)
             if actor is not None:
-                self.send(actor.id, p.CheckpointAck(job_id, position, ok))
+                self.send(actor.id, p.CheckpointAck(job.job_id, position, ok))
                 if ok and self.hooks.bus.active:
-                    self.hooks.publish(ev.CheckpointSaved(job_id, actor.job.name,  # type: ignore[union-attr]
-                                                          actor.queue, position=position))
+                    self.hooks.publish(ev.CheckpointSaved(job.job_id, job.name, job.queue,
+                                                          position=position))
         for queue, count in flushed.claimed.items():
             # A full batch means more jobs are likely waiting: claim again without a wake-up.
             if count and count >= flushed.requested[queue]:
@@ -381,11 +398,39 @@ class Supervisor(Inbox, Control):
             if target == self.wakeup.read_fd:
                 self.wakeup.drain()
             elif target == self.listener.fileno:
-                self.wake.notified |= self.listener.changed()
+                self.check_listener()
             elif target in self.pool.by_pidfd:
                 self.wake.exited.append(target)
-        if self.listener.fileno is None and self._idle_actors() and self.listener.changed():
-            self.wake.notified = True
+        if self.listener.fileno is None and self._idle_actors():
+            self.check_listener()
+        if isinstance(self.listener, NoListener) and time.monotonic() >= self.listener_retry_at:
+            self.reopen_listener()
+
+    def check_listener(self) -> None:
+        try:
+            self.wake.notified |= self.listener.changed()
+        except Exception as exc:  # noqa: BLE001 - any failure: reconnect, poll meanwhile
+            log.warning("wake-up connection failed (%s); reconnecting", exc)
+            self.reopen_listener()
+
+    def reopen_listener(self) -> None:
+        """Replace a broken LISTEN connection; until one works, claims run on polling."""
+        if self.listener.fileno is not None:
+            self.poller.unregister(self.listener.fileno)
+        try:
+            self.listener.close()
+        except Exception:  # noqa: BLE001 - it is broken already
+            pass
+        try:
+            self.listener = self.store.dialect.listener(self.store.engine)
+        except Exception as exc:  # noqa: BLE001 - keep running on polling
+            log.warning("cannot reopen the wake-up connection (%s); polling", exc)
+            self.listener = NoListener()
+            self.listener_retry_at = time.monotonic() + 5.0
+            return
+        if self.listener.fileno is not None:
+            self.poller.register(self.listener.fileno, zmq.POLLIN)
+        self.wake.notified = True  # anything may have arrived while it was down
 
     def _next_deadline(self, now: float) -> float:
         deadlines = [self.next_poll, self.duties.next_due]
@@ -397,7 +442,8 @@ class Supervisor(Inbox, Control):
                 deadlines.append(actor.job.deadline)
             if actor.kill_at is not None:
                 deadlines.append(actor.kill_at)
-        if self.listener.fileno is None and self._idle_actors():
+        if self.listener.fileno is None and self._idle_actors() \
+                and not isinstance(self.listener, NoListener):
             deadlines.append(now + SQLITE_POLL)
         if self.phase is Phase.DRAINING:
             deadlines.append(min(self.drain_deadline, now + 0.05))
