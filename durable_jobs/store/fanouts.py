@@ -15,12 +15,12 @@ from typing import Any
 
 from sqlalchemy import Connection, literal_column, select, update
 
+from durable_jobs.engine.durable import FAN_OUT_STEP
 from durable_jobs.engine.errors import JobError
 from durable_jobs.engine.fanout import evaluate, strategy_from
 from durable_jobs.store.dialects import Dialect
 from durable_jobs.store.schema import fan_outs, jobs, steps
 
-FAN_OUT_STEP = "<fan-out>"
 UNFINISHED = JobError("Unfinished", "the sub-job had not finished when the fan-out was decided")
 CANCELLED = JobError("Cancelled", "the sub-job was cancelled")
 
@@ -143,17 +143,6 @@ def cancel_children(conn: Connection, dialect: Dialect, fan_out_id: str, now: fl
         ids.extend(subtree(conn, child))
     cancelled = cancel_ids(conn, dialect, ids)
     settle(conn, dialect, ((r.fan_out_id, False) for r in cancelled), now)
-
-
-def cancel_on_parent_failure(conn: Connection, dialect: Dialect, parent_id: str,
-                             now: float) -> None:
-    """A parent failed for good: cancel sub-jobs of its fan-outs that asked for it."""
-    ids = conn.execute(
-        select(fan_outs.c.id).where(fan_outs.c.parent_id == parent_id,
-                                    fan_outs.c.cancel_on_parent_failure)
-    ).scalars().all()
-    for fan_out_id in ids:
-        cancel_children(conn, dialect, fan_out_id, now)
 
 
 def expire(conn: Connection, dialect: Dialect, now: float) -> list[str]:

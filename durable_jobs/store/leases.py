@@ -141,11 +141,11 @@ def _after_terminal(conn: Connection, dialect: Dialect,
                     applied: list[tuple[Any, Write]], now: float) -> None:
     finished = [(row.fan_out_id, isinstance(w, Complete)) for row, w in applied
                 if isinstance(w, Complete | Fail) and row.fan_out_id is not None]
+    # (A parent cannot fail while its fan-out is open: it is waiting. A fan-out decided
+    # failed or timed out has already cancelled what was unfinished, so the parent failing
+    # later has nothing left to cancel.)
     if finished and fanouts.settle(conn, dialect, finished, now):
         dialect.notify(conn)  # a parent is pending again: wake the claimers
-    for row, write in applied:
-        if isinstance(write, Fail) and row.checkpoints:
-            fanouts.cancel_on_parent_failure(conn, dialect, row.id, now)
 
 
 def error_json(error: JobError) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, exc, select, update
 
 from durable_jobs.store.schema import schedules
 
@@ -22,9 +22,14 @@ def ensure(conn: Connection, name: str, spec_json: str, first_fire_at: float,
     """
     row = conn.execute(select(schedules).where(schedules.c.name == name)).first()
     if row is None:
-        conn.execute(schedules.insert().values(name=name, spec=spec_json,
-                                               next_fire_at=first_fire_at, updated_at=now))
-        return first_fire_at
+        try:
+            with conn.begin_nested():  # another supervisor may be creating it right now
+                conn.execute(schedules.insert().values(name=name, spec=spec_json,
+                                                       next_fire_at=first_fire_at,
+                                                       updated_at=now))
+            return first_fire_at
+        except exc.IntegrityError:
+            row = conn.execute(select(schedules).where(schedules.c.name == name)).one()
     if row.spec != spec_json:
         conn.execute(update(schedules).where(schedules.c.name == name)
                      .values(spec=spec_json, next_fire_at=first_fire_at, updated_at=now))

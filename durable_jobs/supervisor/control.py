@@ -89,6 +89,11 @@ class Control:
                 type(error).__name__, f"the fan-out could not be stored: {error}")))
         self.dispatcher.suspends = []
 
+    def flush_all(self) -> None:
+        """Write every buffered outcome now (a flush takes at most MAX_BATCH of them)."""
+        while self.dispatcher.pending_writes:
+            self.after_flush(self.dispatcher.flush(time.time()))
+
     def revoke_queued(self) -> None:
         """Ask actors to hand back leases queued behind the running one (pause, drain).
 
@@ -151,8 +156,7 @@ class Control:
         if mode is PauseMode.AGGRESSIVE:
             for actor in self.pool.busy():
                 self.release_running(actor, "aggressive pause")
-            if self.dispatcher.pending_writes:
-                self.after_flush(self.dispatcher.flush(time.time()))
+            self.flush_all()
         self.duties.store_paused(True, mode.value)
         self.hooks.publish(ev.WorkerPaused(self.id, mode=mode.value))
         log.info("supervisor %s paused (%s)", self.id, mode.value)

@@ -95,6 +95,8 @@ class Duties:
             self.leases.run_once(wall)
         elif name == "reaper":
             counts = self.reaper.run_once(wall)
+            for row, write in self.reaper.reclaimed:
+                self.supervisor.hooks.reclaimed(row, write)
             if counts.reclaimed or counts.fan_outs_expired:
                 self.supervisor.wake.notified = True
             if counts.fan_outs_expired:

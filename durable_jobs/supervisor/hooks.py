@@ -3,6 +3,7 @@ and the others still run (one of the three broad ``except`` places)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -12,7 +13,7 @@ from durable_jobs.engine import events as ev
 from durable_jobs.engine.errors import JobError
 from durable_jobs.engine.job import Job, Status, to_datetime
 from durable_jobs.engine.outcomes import Complete, Fail, Retry
-from durable_jobs.engine.queue import Queue
+from durable_jobs.engine.queue import Queue, job_from_row
 from durable_jobs.store.leases import Write
 from durable_jobs.supervisor.pool import Running
 
@@ -72,6 +73,23 @@ class Hooks:
             self._call("retry", snapshot, write.error, next_run)
             self.bus.publish(ev.JobRetrying(job.job_id, job.name, job.queue, error=write.error,
                                             next_run_at=next_run))
+
+    def reclaimed(self, row: Any, write: Write) -> None:
+        """A job taken back from a dead supervisor: JobReclaimed, then retry/fail hooks."""
+        if not self.wanted:
+            return
+        self.bus.publish(ev.JobReclaimed(row.id, row.name, row.queue))
+        job = job_from_row(row)
+        if isinstance(write, Retry):
+            job = dataclasses.replace(job, status=Status.PENDING, error=write.error)
+            next_run = to_datetime(write.run_at)
+            self._call("retry", job, write.error, next_run)
+            self.bus.publish(ev.JobRetrying(job.id, job.name, job.queue, error=write.error,
+                                            next_run_at=next_run))
+        elif isinstance(write, Fail):
+            job = dataclasses.replace(job, status=Status.FAILED, error=write.error)
+            self._call("fail", job, write.error)
+            self.bus.publish(ev.JobFailed(job.id, job.name, job.queue, error=write.error))
 
     def publish(self, event: Any) -> None:
         self.bus.publish(event)

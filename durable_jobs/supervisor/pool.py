@@ -133,9 +133,6 @@ class Pool:
                 spawned.append(self.spawn(queue))
         return spawned
 
-    def idle(self, queue: str) -> list[Actor]:
-        return [a for a in self.actors.values() if a.queue == queue and a.state is ActorState.IDLE]
-
     def open_slots(self, queue: str, depth: int) -> list[tuple[Actor, int]]:
         """Actors of ``queue`` that can take more leases, emptiest first, with how many."""
         slots = [(a, a.capacity(depth)) for a in self.actors.values() if a.queue == queue]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from durable_jobs.store import fanouts, leases
 from durable_jobs.store import supervisors as supervisor_rows
@@ -32,7 +33,7 @@ class Reaper:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.reclaimed_ids: list[str] = []
+        self.reclaimed: list[tuple[Any, leases.Write]] = []  # rows (before) and their writes
 
     def run_once(self, now: float) -> ReaperCounts:
         store = self.store
@@ -44,7 +45,7 @@ class Reaper:
                 store.dialect.notify(conn)
             supervisor_rows.remove_stale(conn, store.dialect, STALE_SUPERVISOR)
         failed = sum(1 for _, write in items if isinstance(write, leases.Fail))
-        self.reclaimed_ids = [row.id for row, _ in items]
+        self.reclaimed = items
         for row, write in items:
             log.warning("JobReclaimed: job %s (%s) from dead supervisor %s -> %s", row.id,
                         row.name, row.lease_owner, type(write).__name__.lower())

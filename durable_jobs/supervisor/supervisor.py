@@ -27,7 +27,6 @@ from durable_jobs import protocol as p
 from durable_jobs.engine import events as ev
 from durable_jobs.engine.errors import DurableJobsError, JobError
 from durable_jobs.engine.job import PauseMode
-from durable_jobs.engine.outcomes import Succeeded
 from durable_jobs.engine.queue import Queue
 from durable_jobs.store import supervisors as supervisor_rows
 from durable_jobs.store.dialects import Listener
@@ -325,9 +324,13 @@ class Supervisor(Inbox, Control):
             refill = buffered <= self.options.prefetch // 2
             if claiming and want > 0 and (woke or queue in self.hot) and (starving or refill):
                 d.want[queue] = want
+            elif not claiming:
+                d.want[queue] = 0  # a failed flush must not claim after pause or drain began
         if poll_due:
             self.next_poll = now + self.options.poll_interval
-        self.wake.notified = False
+        # A wake-up that found no free actor is kept for when one frees up.
+        if any(d.want.values()) or not claiming:
+            self.wake.notified = False
 
     def after_flush(self, flushed: Flushed) -> None:
         for job, position, ok in flushed.acks:
@@ -378,8 +381,7 @@ class Supervisor(Inbox, Control):
             return
         for actor in busy:
             self.release_running(actor, "shutdown timeout")
-        if self.dispatcher.pending_writes:
-            self.after_flush(self.dispatcher.flush(time.time()))
+        self.flush_all()
         for actor in list(self.pool.actors.values()):
             if actor.state is not ActorState.STOPPING:
                 self.send(actor.id, p.Stop())
@@ -468,4 +470,4 @@ class Supervisor(Inbox, Control):
         self.wakeup.nudge()
 
 
-__all__ = ["Succeeded", "Supervisor", "SupervisorOptions"]
+__all__ = ["Supervisor", "SupervisorOptions"]
