@@ -122,17 +122,18 @@ def bench_noop(backend: str, n: int, prefetch: int) -> None:
           f"target >= {target:,} -> {verdict}")
 
 
-def bench_cpu(backend: str, n_jobs: int, work: int) -> None:
+def bench_cpu(backend: str, n_jobs: int, work: int, prefetch: int) -> None:
     inputs = [work] * n_jobs
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         pool.map(burn, inputs, chunksize=1)
     pool_time = time.perf_counter() - start
     with database(backend) as url:
-        ours, _ = run_jobs(url, "burn", burn_job, inputs, prefetch=0)
+        ours, _ = run_jobs(url, "burn", burn_job, inputs, prefetch=prefetch)
     ratio = pool_time / ours
     verdict = "PASS" if ratio >= CPU_TARGET else "MISS"
-    print(f"[{backend}] CPU-bound {n_jobs} x {work} iterations: Pool(2) {pool_time:.2f} s, "
+    print(f"[{backend}] CPU-bound {n_jobs} x {work} iterations, prefetch {prefetch}: "
+          f"Pool(2) {pool_time:.2f} s, "
           f"durable-jobs {ours:.2f} s (worker start included) -> {ratio:.1%} of Pool(2); "
           f"target >= {CPU_TARGET:.0%} -> {verdict}")
 
@@ -144,13 +145,16 @@ def main() -> None:
     parser.add_argument("--prefetch", type=int, default=256)
     parser.add_argument("--cpu-jobs", type=int, default=500)
     parser.add_argument("--cpu-work", type=int, default=110_000)
+    parser.add_argument("--cpu-prefetch", type=int, nargs="+", default=[0, 2],
+                        help="prefetch settings to run the CPU-bound workload with")
     parser.add_argument("--skip-cpu", action="store_true")
     args = parser.parse_args()
     backends = ["sqlite", "postgresql"] if args.backend == "all" else [args.backend]
     for backend in backends:
         bench_noop(backend, args.n, args.prefetch)
         if not args.skip_cpu:
-            bench_cpu(backend, args.cpu_jobs, args.cpu_work)
+            for prefetch in args.cpu_prefetch:
+                bench_cpu(backend, args.cpu_jobs, args.cpu_work, prefetch)
 
 
 if __name__ == "__main__":

@@ -168,7 +168,9 @@ class Queue:
         store = self.store
         if connection is not None:
             job_rows.insert_one(connection, store.dialect, row, unique)
-        else:  # a lone INSERT is atomic: no BEGIN/COMMIT round trips
+        elif unique is None:  # a lone INSERT is atomic: no BEGIN/COMMIT round trips
+            store.execute_autocommit(store.dialect.insert_sql, row)
+        else:
             with store.autocommit() as conn:
                 job_rows.insert_one(conn, store.dialect, row, unique)
         if self.bus.active:
@@ -182,6 +184,9 @@ class Queue:
         store = self.store
         with store.using(connection) as conn:
             job_rows.insert_many(conn, store.dialect, rows)
+        if self.bus.active:
+            for row in rows:
+                self.bus.publish(ev.JobEnqueued(row[0], row[1], row[2]))
         return [str(row[0]) for row in rows]
 
     # -- reading -------------------------------------------------------------------------

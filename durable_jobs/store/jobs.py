@@ -127,6 +127,10 @@ def reset_for_retry(conn: Connection, job_id: str, now: float) -> None:
             jobs.c.unique_key == key, jobs.c.status.in_(NON_TERMINAL))).scalar()
         if holder is not None:
             raise DuplicateJobError(key, holder)
+    if row.fan_out_id is not None:  # its failure was counted; it is unfinished again
+        conn.execute(update(fan_outs).where(fan_outs.c.id == row.fan_out_id,
+                                            fan_outs.c.status == "open")
+                     .values(failed=fan_outs.c.failed - 1))
     conn.execute(steps.delete().where(steps.c.job_id == job_id))
     conn.execute(
         update(jobs).where(jobs.c.id == job_id).values(

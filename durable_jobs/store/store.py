@@ -172,6 +172,29 @@ class Store:
         with self._connect(read=True) as conn, conn.begin():
             yield conn
 
+    def execute_autocommit(self, sql: str, params: tuple[Any, ...]) -> None:
+        """Run one driver-level statement that commits by itself: the enqueue fast path
+        (one round trip on PostgreSQL, no SQLAlchemy statement machinery)."""
+        try:
+            raw = self.engine.raw_connection()
+        except exc.DBAPIError as error:
+            raise StoreUnavailableError(
+                f"cannot connect to {self!r}: {_first_line(error)}") from None
+        try:
+            driver = raw.driver_connection
+            postgres = self.dialect.name == "postgresql"
+            if postgres:
+                driver.autocommit = True  # type: ignore[union-attr]
+            try:
+                cursor = raw.cursor()
+                cursor.execute(sql, params)
+                cursor.close()
+            finally:
+                if postgres:
+                    driver.autocommit = False  # type: ignore[union-attr]
+        finally:
+            raw.close()
+
     @contextmanager
     def autocommit(self) -> Iterator[Connection]:
         """A connection whose every statement commits on its own: one round trip for a
