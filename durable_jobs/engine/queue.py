@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,7 +32,7 @@ from durable_jobs.engine.options import (
     to_seconds,
 )
 from durable_jobs.engine.registry import Registry
-from durable_jobs.engine.rows import build_row, build_rows
+from durable_jobs.engine.rows import build_row, iter_rows
 from durable_jobs.engine.schedules import ScheduleSpec
 
 if TYPE_CHECKING:
@@ -180,14 +180,25 @@ class Queue:
     def enqueue_many(self, subs: Iterable[Sub], *, connection: Connection | None = None
                      ) -> list[str]:
         """Add many jobs in one transaction (COPY on PostgreSQL); returns their ids."""
-        rows = build_rows(self.registry, subs, time.time())
+        items = list(subs)
+        if not items:
+            return []
+        made: list[tuple[Any, ...]] = []
+
+        def rows() -> Iterator[tuple[Any, ...]]:
+            # Rows are built while COPY streams them; a bad item raises mid-stream and the
+            # transaction rolls back, so nothing is written.
+            for row in iter_rows(self.registry, items, time.time()):
+                made.append(row)
+                yield row
+
         store = self.store
         with store.using(connection) as conn:
-            job_rows.insert_many(conn, store.dialect, rows)
+            job_rows.insert_many(conn, store.dialect, rows())
         if self.bus.active:
-            for row in rows:
+            for row in made:
                 self.bus.publish(ev.JobEnqueued(row[0], row[1], row[2]))
-        return [str(row[0]) for row in rows]
+        return [str(row[0]) for row in made]
 
     # -- reading -------------------------------------------------------------------------
 

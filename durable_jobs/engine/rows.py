@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from durable_jobs.engine.fanout import Sub
@@ -58,13 +58,11 @@ def build_row(
     )
 
 
-def build_rows(registry: Registry, subs: Iterable[Sub], now: float,
-               call_defaults: HandlerOptions | None = None) -> list[tuple[Any, ...]]:
-    """Rows for many jobs at ``now``; options are resolved once per distinct job shape."""
-    items = list(subs)
+def iter_rows(registry: Registry, items: list[Sub], now: float) -> Iterator[tuple[Any, ...]]:
+    """Rows for many jobs at ``now``, one at a time so they can stream into COPY as they
+    are made; options are resolved once per distinct job shape."""
     ids = new_ids(len(items))
     shapes: dict[tuple[Any, ...], tuple[Handler | None, Resolved]] = {}
-    rows = []
     for sub in items:
         if not isinstance(sub, Sub):
             raise TypeError(f"expected jobs.Sub items, got {type(sub).__name__}")
@@ -79,7 +77,6 @@ def build_rows(registry: Registry, subs: Iterable[Sub], now: float,
         handler, opts = shape
         if handler is not None and handler.arg_type is not None:
             coerce_args(handler, sub.args)
-        rows.append((next(ids), sub.name, opts.queue, encode_json(sub.args), "pending",
-                     opts.priority, 0, opts.max_attempts, opts.max_backoff, opts.timeout, now,
-                     None, None, None, None, 0, now))
-    return rows
+        yield (next(ids), sub.name, opts.queue, encode_json(sub.args), "pending",
+               opts.priority, 0, opts.max_attempts, opts.max_backoff, opts.timeout, now,
+               None, None, None, None, 0, now)

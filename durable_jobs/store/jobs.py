@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, literal_column, select, update
+from sqlalchemy import Connection, func, literal_column, select, update
 
 from durable_jobs.engine.errors import DuplicateJobError, InvalidStateError, JobNotFoundError
 from durable_jobs.store.dialects import Dialect
@@ -33,10 +33,9 @@ def insert_one(conn: Connection, dialect: Dialect, row: tuple[Any, ...],
         raise DuplicateJobError(unique, holder or "?")
 
 
-def insert_many(conn: Connection, dialect: Dialect, rows: list[tuple[Any, ...]]) -> None:
-    """Insert many jobs in one statement (COPY on PostgreSQL)."""
-    if rows:
-        dialect.bulk_insert(conn, rows)
+def insert_many(conn: Connection, dialect: Dialect, rows: Iterable[tuple[Any, ...]]) -> None:
+    """Insert many jobs in one statement (COPY on PostgreSQL); ``rows`` may be a generator."""
+    dialect.bulk_insert(conn, rows)
 
 
 def get(conn: Connection, job_id: str) -> Any:
@@ -204,19 +203,6 @@ def load_steps(conn: Connection, job_ids: Iterable[str]) -> dict[str, list[Any]]
     for row in rows:
         found[row.job_id].append(row)
     return found
-
-
-STEP_INSERT = steps.insert()
-COUNT_STEP = update(jobs).where(jobs.c.id == bindparam("b_id")).values(
-    checkpoints=jobs.c.checkpoints + 1)
-
-
-def save_steps(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Insert checkpoints (dicts of the ``steps`` columns) and count them on their jobs."""
-    if not rows:
-        return
-    conn.execute(STEP_INSERT, rows)
-    conn.execute(COUNT_STEP, [{"b_id": row["job_id"]} for row in rows])
 
 
 def count_by_status(conn: Connection) -> dict[str, int]:

@@ -193,5 +193,6 @@ def _stored(row: Any) -> StoredStep:
 
 
 def _step_row(c: Checkpoint, now: float) -> dict[str, Any]:
-    return {"job_id": c.job_id, "position": c.position, "name": c.name, "status": c.status,
-            "result": c.result, "error": c.error, "span": c.span, "created_at": now}
+    return {"b_job_id": c.job_id, "b_position": c.position, "b_name": c.name,
+            "b_status": c.status, "b_result": c.result, "b_error": c.error, "b_span": c.span,
+            "b_created_at": now}

@@ -8,6 +8,7 @@ skewed clocks cannot steal each other's live leases.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
@@ -74,11 +75,16 @@ class PostgreSQLDialect:
                   "lease": lease_timeout, "token": uuid.uuid4().hex}
         return list(conn.execute(CLAIM, params))
 
-    def bulk_insert(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+    def bulk_insert(self, conn: Connection, rows: Iterable[tuple[Any, ...]]) -> None:
+        """COPY the rows. A writer thread sends while the caller is still building rows
+        (``rows`` may be a generator), so Python and the server work at the same time."""
+        from psycopg.copy import QueuedLibpqWriter
+
         raw = conn.connection.driver_connection
-        with raw.cursor() as cursor, cursor.copy(COPY_SQL) as copy:  # type: ignore[union-attr]
-            for row in rows:
-                copy.write_row(row)
+        with raw.cursor() as cursor:  # type: ignore[union-attr]
+            with cursor.copy(COPY_SQL, writer=QueuedLibpqWriter(cursor)) as copy:
+                for row in rows:
+                    copy.write_row(row)
 
     def insert_unique(self, conn: Connection, row: dict[str, Any]) -> bool:
         from sqlalchemy.dialects.postgresql import insert as pg_insert

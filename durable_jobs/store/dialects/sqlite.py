@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Connection, Engine, event, text
@@ -104,7 +105,7 @@ class SQLiteDialect:
                   "lease": lease_timeout, "token": uuid.uuid4().hex}
         return list(conn.execute(CLAIM, params))
 
-    def bulk_insert(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+    def bulk_insert(self, conn: Connection, rows: Iterable[tuple[Any, ...]]) -> None:
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.executemany(BULK_INSERT, rows)
