@@ -37,22 +37,18 @@ import argparse
 import logging
 import math
 import os
-import secrets
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sqlalchemy import create_engine, text
+from common import scratch_postgresql, scratch_sqlite, wait_for  # noqa: E402
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
 
 import durable_jobs as jobs
 
@@ -95,50 +91,6 @@ APP.register(JOB_NAME, blocker, retries=5)
 
 
 # -- scratch databases -----------------------------------------------------------------------
-
-
-@contextmanager
-def scratch_postgresql(url: str) -> Iterator[str]:
-    """Create ``bench_<random>`` next to ``url``'s database; drop it WITH (FORCE) afterwards."""
-    admin_url = make_url(url)
-    if admin_url.get_backend_name() != "postgresql":
-        raise SystemExit(f"--pg-url must be a PostgreSQL URL, got {url!r}")
-    admin_url = admin_url.set(drivername="postgresql+psycopg")
-    name = f"bench_{secrets.token_hex(4)}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield admin_url.set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
-
-
-@contextmanager
-def scratch_sqlite() -> Iterator[str]:
-    """A SQLite URL for a file in a temporary directory that is removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="durable-bench-") as tmp:
-        yield f"sqlite:///{Path(tmp) / 'jobs.db'}"
-
-
-# -- waiting ---------------------------------------------------------------------------------
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
-             interval: float = 0.001) -> Any:
-    """Poll ``predicate`` until it is truthy; raise after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def read_record(path: Path) -> tuple[int, float] | None:

@@ -17,16 +17,13 @@ import argparse
 import multiprocessing
 import os
 import sys
-import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import scratch_database  # noqa: E402
 
 import durable_jobs as jobs  # noqa: E402
 from durable_jobs.store.schema import jobs as jobs_table  # noqa: E402
@@ -50,24 +47,6 @@ def burn(n: int) -> int:
 
 def burn_job(args: int) -> int:
     return burn(args)
-
-
-@contextmanager
-def database(backend: str) -> Iterator[str]:
-    if backend == "sqlite":
-        with tempfile.TemporaryDirectory() as tmp:
-            yield f"sqlite:///{tmp}/bench.db"
-        return
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def completed(store: jobs.Store) -> int:
@@ -112,7 +91,7 @@ def _first_completion(store: jobs.Store) -> float:
 
 
 def bench_noop(backend: str, n: int, prefetch: int) -> None:
-    with database(backend) as url:
+    with scratch_database(backend, PG_URL) as url:
         total, steady = run_jobs(url, "noop", noop, [None] * n, prefetch)
     rate, steady_rate = n / total, n / steady
     target = TARGET_NOOP[backend]
@@ -128,7 +107,7 @@ def bench_cpu(backend: str, n_jobs: int, work: int, prefetch: int) -> None:
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         pool.map(burn, inputs, chunksize=1)
     pool_time = time.perf_counter() - start
-    with database(backend) as url:
+    with scratch_database(backend, PG_URL) as url:
         ours, _ = run_jobs(url, "burn", burn_job, inputs, prefetch=prefetch)
     ratio = pool_time / ours
     verdict = "PASS" if ratio >= CPU_TARGET else "MISS"

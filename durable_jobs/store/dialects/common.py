@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import Connection, bindparam, text
 from sqlalchemy.sql.elements import TextClause
 
 from durable_jobs.store.schema import jobs
@@ -31,6 +32,14 @@ def claim_text(template: str, now_sql: str) -> TextClause:
     """Compile a claim template with the dialect's clock and an expanding ``names`` list."""
     sql = template.format(now=now_sql, returning=CLAIM_RETURNING)
     return text(sql).bindparams(bindparam("names", expanding=True))
+
+
+def run_claim(conn: Connection, statement: TextClause, owner: str, queue: str,
+              names: list[str], limit: int, lease_timeout: float) -> list[Any]:
+    """Run a dialect's claim statement; every claim gets a fresh lease token."""
+    params = {"owner": owner, "queue": queue, "names": names, "limit": limit,
+              "lease": lease_timeout, "token": uuid.uuid4().hex}
+    return list(conn.execute(statement, params))
 
 
 def row_dict(row: tuple[Any, ...]) -> dict[str, Any]:

@@ -7,13 +7,12 @@ skewed clocks cannot steal each other's live leases.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from durable_jobs.store.dialects.common import INSERT_COLUMNS, claim_text, insert_sql
+from durable_jobs.store.dialects.common import INSERT_COLUMNS, claim_text, insert_sql, run_claim
 from durable_jobs.store.schema import NON_TERMINAL_SQL, jobs
 
 CHANNEL = "durable_jobs"
@@ -71,9 +70,7 @@ class PostgreSQLDialect:
         self, conn: Connection, owner: str, queue: str, names: list[str], limit: int,
         lease_timeout: float,
     ) -> list[Any]:
-        params = {"owner": owner, "queue": queue, "names": names, "limit": limit,
-                  "lease": lease_timeout, "token": uuid.uuid4().hex}
-        return list(conn.execute(CLAIM, params))
+        return run_claim(conn, CLAIM, owner, queue, names, limit, lease_timeout)
 
     def bulk_insert(self, conn: Connection, rows: Iterable[tuple[Any, ...]]) -> None:
         """COPY the rows. A writer thread sends while the caller is still building rows

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Connection, Engine, event, text
 
-from durable_jobs.store.dialects.common import claim_text, insert_sql
+from durable_jobs.store.dialects.common import claim_text, insert_sql, run_claim
 from durable_jobs.store.schema import NON_TERMINAL_SQL, jobs
 
 BUSY_TIMEOUT_MS = 30_000
@@ -101,9 +100,7 @@ class SQLiteDialect:
         self, conn: Connection, owner: str, queue: str, names: list[str], limit: int,
         lease_timeout: float,
     ) -> list[Any]:
-        params = {"owner": owner, "queue": queue, "names": names, "limit": limit,
-                  "lease": lease_timeout, "token": uuid.uuid4().hex}
-        return list(conn.execute(CLAIM, params))
+        return run_claim(conn, CLAIM, owner, queue, names, limit, lease_timeout)
 
     def bulk_insert(self, conn: Connection, rows: Iterable[tuple[Any, ...]]) -> None:
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
