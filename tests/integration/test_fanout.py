@@ -22,6 +22,7 @@ from sqlalchemy import select
 import durable_jobs as jobs
 from durable_jobs.store.schema import jobs as jobs_table
 from tests.helpers import wait_until
+from tests.integration.apps.common import pid_alive
 
 FAST = {"lease_timeout": 3.0, "heartbeat_interval": 0.2}
 
@@ -42,11 +43,7 @@ def lines(path: str | Path) -> list[str]:
 
 
 def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    return pid_alive(pid)
 
 
 def started(log: str | Path) -> dict[int, list[int]]:

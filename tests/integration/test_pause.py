@@ -17,6 +17,7 @@ import pytest
 
 import durable_jobs as jobs
 from tests.helpers import wait_until
+from tests.integration.apps.common import pid_alive
 
 # -- handlers (module level: they travel to actors by reference) --------------------------
 
@@ -99,11 +100,7 @@ def wait_status(queue: jobs.Queue, job_id: str, want: jobs.Status, timeout: floa
 
 def pid_gone(pid: int) -> bool:
     """The process has exited (gone, or a zombie nobody reaped yet)."""
-    try:
-        with open(f"/proc/{pid}/stat") as file:
-            return file.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
+    return not pid_alive(pid)
 
 
 def next_event(sub: Any, kind: type, timeout: float = 5.0) -> Any:

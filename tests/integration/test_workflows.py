@@ -17,6 +17,7 @@ import pytest
 
 import durable_jobs as jobs
 from tests.helpers import wait_until
+from tests.integration.apps.common import pid_alive
 
 FAST = {"lease_timeout": 5.0, "heartbeat_interval": 0.2}
 
@@ -46,11 +47,7 @@ def block_until(path: str, limit: float = 60.0) -> None:
 
 
 def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    return pid_alive(pid)
 
 
 # -- handlers (module level: they travel to actors by reference) --------------------------
