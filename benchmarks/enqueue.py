@@ -38,23 +38,21 @@ import io
 import json
 import os
 import pstats
-import secrets
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, redirect_stdout
+from collections.abc import Callable
+from contextlib import ExitStack, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from common import scratch_postgresql, scratch_sqlite  # noqa: E402
 from psycopg.conninfo import make_conninfo
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.pool import NullPool
 
 import durable_jobs as jobs
 
@@ -169,31 +167,6 @@ def conninfo(url: URL) -> str:
     return make_conninfo("", **{k: v for k, v in params.items() if v is not None})
 
 
-@contextmanager
-def scratch_postgresql(url: str) -> Iterator[URL]:
-    """Create ``bench_<random>`` next to ``url``'s database; drop it WITH (FORCE) afterwards."""
-    admin_url = psycopg_url(url)
-    name = f"bench_{secrets.token_hex(4)}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield admin_url.set(database=name)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
-
-
-@contextmanager
-def scratch_sqlite() -> Iterator[Path]:
-    """A SQLite database file in a temporary directory that is removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="durable-bench-") as tmp:
-        yield Path(tmp) / "jobs.db"
-
-
 def psycopg_baseline(stack: ExitStack, info: str, autocommit: bool) -> Baseline:
     """One INSERT per call on a plain psycopg 3 connection, committed."""
     conn = stack.enter_context(psycopg.connect(info, autocommit=autocommit))
@@ -304,13 +277,15 @@ def run_backend(backend: str, url: str, where: str, args: argparse.Namespace,
 
 
 def run_sqlite(args: argparse.Namespace) -> Report:
-    with scratch_sqlite() as path:
-        return run_backend("sqlite", f"sqlite:///{path}", "temporary file, WAL", args,
+    with scratch_sqlite() as url:
+        path = Path(url.removeprefix("sqlite:///"))
+        return run_backend("sqlite", url, "temporary file, WAL", args,
                            lambda stack: [sqlite_baseline(stack, path)])
 
 
 def run_postgresql(args: argparse.Namespace) -> Report:
-    with scratch_postgresql(args.pg_url) as url:
+    with scratch_postgresql(args.pg_url) as scratch:
+        url = psycopg_url(scratch)
         info = conninfo(url)
         return run_backend(
             "postgresql", url.render_as_string(hide_password=False),

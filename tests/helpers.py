@@ -19,3 +19,31 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
             raise AssertionError(f"timed out after {timeout} s waiting for "
                                  f"{message or getattr(predicate, '__name__', 'condition')}")
         time.sleep(interval)
+
+
+def run_in_processes(target: Callable[..., None], args: list[tuple[Any, ...]],
+                     timeout: float = 60.0) -> list[Any]:
+    """Start one spawned process per ``args`` entry, all released together by a barrier.
+
+    ``target(*entry, barrier, out)`` puts one result on ``out``; the results come back in
+    arrival order. Every process must exit 0; any still alive at the end is killed.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(len(args))
+    out = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*entry, barrier, out)) for entry in args]
+    for proc in procs:
+        proc.start()
+    try:
+        results = [out.get(timeout=timeout) for _ in procs]
+        for proc in procs:
+            proc.join(timeout=timeout / 2)
+            assert proc.exitcode == 0
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=10)
+    return results

@@ -6,7 +6,6 @@ Claims are exercised the way supervisors make them: ``leases.claim`` inside
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -17,7 +16,7 @@ from sqlalchemy import select
 import durable_jobs as jobs
 from durable_jobs.store import leases
 from durable_jobs.store.schema import jobs as jobs_table
-from tests.helpers import wait_until
+from tests.helpers import run_in_processes, wait_until
 
 BATCH = 5
 
@@ -98,23 +97,7 @@ def _claim_in_process(url: str, owner: str, barrier: Any, out: Any) -> None:
 
 def test_claim_exclusive_across_processes(db_url: str, queue: jobs.Queue) -> None:
     ids = queue.enqueue_many([jobs.Sub("a", i) for i in range(300)])
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(2)
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_claim_in_process, args=(db_url, f"proc-{n}", barrier, out))
-             for n in range(2)]
-    for p in procs:
-        p.start()
-    try:
-        results = [out.get(timeout=60) for _ in procs]
-        for p in procs:
-            p.join(timeout=30)
-            assert p.exitcode == 0
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join(timeout=10)
+    results = run_in_processes(_claim_in_process, [(db_url, f"proc-{n}") for n in range(2)])
     assert [error for _, _, error in results] == [None, None]
     check_exclusive(queue.store, ids, {owner: got for owner, got, _ in results})
 

@@ -5,7 +5,6 @@ Every test runs on SQLite and PostgreSQL (the ``backend`` fixture).
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
 import time
 import uuid
@@ -23,6 +22,7 @@ from durable_jobs.engine.rows import build_row
 from durable_jobs.store import leases, migrations
 from durable_jobs.store.schema import jobs as jobs_table
 from durable_jobs.store.schema import schema_version
+from tests.helpers import run_in_processes
 
 ERR = jobs.JobError("ValueError", "boom")
 NON_TERMINAL = ["pending", "running", "waiting", "paused"]
@@ -217,23 +217,7 @@ def _migrate_in_process(url: str, barrier: Any, out: Any) -> None:
 def test_migrate_from_two_processes_on_a_fresh_database(backend: str, tmp_path: Any,
                                                         request: pytest.FixtureRequest) -> None:
     url = fresh_url(backend, tmp_path, request)
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(2)
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_migrate_in_process, args=(url, barrier, out))
-             for _ in range(2)]
-    for p in procs:
-        p.start()
-    try:
-        results = [out.get(timeout=60) for _ in procs]
-        for p in procs:
-            p.join(timeout=30)
-            assert p.exitcode == 0
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join(timeout=10)
+    results = run_in_processes(_migrate_in_process, [(url,), (url,)])
     assert results == [("ok", len(migrations.STEPS))] * 2
     check_migrated(url)
 
