@@ -44,10 +44,6 @@ RETRY = (f"UPDATE jobs SET status = 'pending', run_at = :b_run_at, error = :b_er
 FAIL = ("UPDATE jobs SET status = 'failed', error = :b_error, finished_at = :b_now, "
         f"{_CLEAR} WHERE id = :b_id")
 RELEASE = f"UPDATE jobs SET status = 'pending', attempt = attempt - 1, {_CLEAR} WHERE id = :b_id"
-STEP_INSERT = ("INSERT INTO steps (job_id, position, name, status, result, error, span, "
-               "created_at) VALUES (:b_job_id, :b_position, :b_name, :b_status, :b_result, "
-               ":b_error, :b_span, :b_created_at)")
-COUNT_STEP = "UPDATE jobs SET checkpoints = checkpoints + 1 WHERE id = :b_id"
 _PYFORMAT = re.compile(r":(b_\w+)")
 
 OWNED = select(jobs.c.id, jobs.c.fan_out_id, jobs.c.checkpoints, jobs.c.lease_token).where(
@@ -203,21 +199,16 @@ def reclaim_expired(conn: Connection, dialect: Dialect, now: float,
     return items
 
 
-def save_checkpoints(conn: Connection, owner: str, rows: list[dict[str, Any]],
-                     tokens: list[str | None] | None = None) -> list[bool]:
-    """Store step rows (``b_``-prefixed ``steps`` columns) for jobs whose lease we still
-    hold; returns which were accepted."""
+def save_checkpoints(conn: Connection, dialect: Dialect, owner: str,
+                     rows: list[tuple[Any, ...]], now: float) -> list[bool]:
+    """Store steps for jobs whose lease we still hold; returns which were accepted.
+
+    ``rows`` are ``(job_id, position, name, status, result, error, span, lease_token)``; a
+    ``None`` token skips the token check.
+    """
     if not rows:
         return []
-    owned = _owned(conn, owner, sorted({row["b_job_id"] for row in rows}))
-    expected = tokens or [None] * len(rows)
-    ok = [row["b_job_id"] in owned and token in (None, owned[row["b_job_id"]].lease_token)
-          for row, token in zip(rows, expected, strict=True)]
-    accepted = [row for row, good in zip(rows, ok, strict=True) if good]
-    if accepted:
-        _executemany(conn, STEP_INSERT, accepted)
-        _executemany(conn, COUNT_STEP, [{"b_id": row["b_job_id"]} for row in accepted])
-    return ok
+    return dialect.save_steps(conn, owner, rows, now)
 
 
 def release_owned(conn: Connection, owner: str, ids: list[str],

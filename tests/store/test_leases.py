@@ -212,3 +212,52 @@ def test_renewed_lease_is_not_reclaimed(store: jobs.Store, queue: jobs.Queue) ->
     wait_until(lambda: reclaim(store), timeout=10, message="the short lease")
     assert queue.get(job_id).status is jobs.Status.RUNNING
     assert queue.get(expired).status is jobs.Status.PENDING
+
+
+def save(store: jobs.Store, owner: str, rows: list[tuple[Any, ...]],
+         autocommit: bool = False) -> list[bool]:
+    with store.autocommit() if autocommit else store.write() as conn:
+        return leases.save_checkpoints(conn, store.dialect, owner, rows, time.time())
+
+
+def stored_steps(store: jobs.Store, job_id: str) -> list[tuple[Any, ...]]:
+    from durable_jobs.store.schema import steps
+
+    with store.read() as conn:
+        return [tuple(r) for r in conn.execute(
+            select(steps.c.position, steps.c.name, steps.c.status, steps.c.result,
+                   steps.c.error, steps.c.span)
+            .where(steps.c.job_id == job_id).order_by(steps.c.position))]
+
+
+def step(job_id: str, position: int, token: str | None, *, status: str = "completed",
+         result: str | None = "1", error: str | None = None) -> tuple[Any, ...]:
+    return (job_id, position, f"s{position}", status, result, error, 1, token)
+
+
+def test_checkpoints_are_saved_only_under_the_claim_that_holds_the_lease(
+        store: jobs.Store, queue: jobs.Queue) -> None:
+    ours = running(store, queue, "a")
+    token = row(store, ours).lease_token
+    other = running(store, queue, "b", owner="w2")
+    pending = queue.enqueue("c")
+    rows = [step(ours, 0, token), step(other, 0, None), step(pending, 0, None),
+            step(ours, 1, "stale-token"), step("no-such-job", 0, None)]
+    assert save(store, "w1", rows) == [True, False, False, False, False]
+    assert stored_steps(store, ours) == [(0, "s0", "completed", "1", None, 1)]
+    assert stored_steps(store, other) == stored_steps(store, pending) == []
+    assert row(store, ours).checkpoints == 1 and row(store, other).checkpoints == 0
+
+
+def test_checkpoints_in_autocommit_are_atomic_per_statement(
+        store: jobs.Store, queue: jobs.Queue) -> None:
+    """The supervisor writes checkpoint-only batches outside a transaction (PostgreSQL)."""
+    first, second = running(store, queue, "a"), running(store, queue, "b")
+    rows = [step(first, 0, row(store, first).lease_token),
+            step(second, 0, None, status="failed", result=None, error='{"type": "X"}')]
+    assert save(store, "w1", rows, autocommit=store.dialect.name == "postgresql") == [True, True]
+    assert stored_steps(store, second) == [(0, "s0", "failed", None, '{"type": "X"}', 1)]
+    assert [row(store, j).checkpoints for j in (first, second)] == [1, 1]
+    assert finish(store, "w1", [(first, Complete("null"))])
+    assert save(store, "w1", [step(first, 1, None)]) == [False]  # no longer running
+    assert stored_steps(store, first) == [(0, "s0", "completed", "1", None, 1)]

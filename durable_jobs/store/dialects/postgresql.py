@@ -50,6 +50,25 @@ CREATE TRIGGER jobs_notify AFTER INSERT ON jobs
 COPY_SQL = f"COPY jobs ({', '.join(INSERT_COLUMNS)}) FROM STDIN"
 
 
+# rows: (job_id, position, name, status, result, error, span, lease token or NULL)
+SAVE_STEPS = """
+WITH v AS (
+    SELECT * FROM unnest(%(c0)s::text[], %(c1)s::int[], %(c2)s::text[], %(c3)s::text[],
+                         %(c4)s::text[], %(c5)s::text[], %(c6)s::int[], %(c7)s::text[])
+        AS v(job_id, position, name, status, result, error, span, token)
+), ok AS (
+    UPDATE jobs SET checkpoints = jobs.checkpoints + 1 FROM v
+    WHERE jobs.id = v.job_id AND jobs.lease_owner = %(owner)s AND jobs.status = 'running'
+      AND (v.token IS NULL OR jobs.lease_token = v.token)
+    RETURNING jobs.id, jobs.lease_token
+)
+INSERT INTO steps (job_id, position, name, status, result, error, span, created_at)
+SELECT v.job_id, v.position, v.name, v.status, v.result, v.error, v.span, %(now)s
+FROM v JOIN ok ON ok.id = v.job_id AND (v.token IS NULL OR v.token = ok.lease_token)
+RETURNING job_id, position
+"""
+
+
 class PostgreSQLDialect:
     """The production and multi-host backend (psycopg 3)."""
 
@@ -91,6 +110,18 @@ class PostgreSQLDialect:
         )
         # An INSERT's rowcount is only kept when asked for (SQLAlchemy 2: -1 otherwise).
         return conn.execute(stmt.execution_options(preserve_rowcount=True)).rowcount == 1
+
+    def save_steps(self, conn: Connection, owner: str, rows: list[tuple[Any, ...]],
+                   now: float) -> list[bool]:
+        """One statement for the whole batch: count the step on each job still ours
+        (locking it, as the outcome writes do) and insert the steps of those jobs only."""
+        columns = list(zip(*rows, strict=True))
+        params = {"owner": owner, "now": now,
+                  **{f"c{i}": list(values) for i, values in enumerate(columns)}}
+        with conn.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+            cursor.execute(SAVE_STEPS, params)
+            saved = {(job_id, position) for job_id, position in cursor.fetchall()}
+        return [(row[0], row[1]) in saved for row in rows]
 
     def notify(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_notify(:c, '')"), {"c": CHANNEL})

@@ -42,6 +42,10 @@ CLAIM = claim_text(
     NOW,
 )
 BULK_INSERT = insert_sql("?")
+COUNT_STEP = ("UPDATE jobs SET checkpoints = checkpoints + 1 WHERE id = ? AND lease_owner = ? "
+              "AND status = 'running' AND (? IS NULL OR lease_token = ?) RETURNING id")
+STEP_INSERT = ("INSERT INTO steps (job_id, position, name, status, result, error, span, "
+               "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -117,6 +121,22 @@ class SQLiteDialect:
         )
         # An INSERT's rowcount is only kept when asked for (SQLAlchemy 2: -1 otherwise).
         return conn.execute(stmt.execution_options(preserve_rowcount=True)).rowcount == 1
+
+    def save_steps(self, conn: Connection, owner: str, rows: list[tuple[Any, ...]],
+                   now: float) -> list[bool]:
+        """Count the step on each job still ours, then insert the steps of those jobs
+        (BEGIN IMMEDIATE already keeps other writers out); driver calls, no SQLAlchemy
+        statement machinery, since this is on every checkpoint's path."""
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            ok = [cursor.execute(COUNT_STEP, (job_id, owner, token, token)).fetchone()
+                  is not None for job_id, *_rest, token in rows]
+            cursor.executemany(STEP_INSERT, [(*row[:7], now)
+                                             for row, good in zip(rows, ok, strict=True)
+                                             if good])
+        finally:
+            cursor.close()
+        return ok
 
     def notify(self, conn: Connection) -> None:
         """SQLite supervisors watch ``PRAGMA data_version`` instead."""
