@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,16 +19,44 @@ from durable_jobs.engine.options import (
 )
 from durable_jobs.engine.registry import Handler, Registry, coerce_args
 
-_VARIANT = "89ab89ab89ab89ab"
+_COUNTER_BITS = 30  # rand_a (12 bits) and the top 18 bits of rand_b
+_clock_lock = threading.Lock()
+_last_ms = 0
+_counter = 0
+
+
+def _reserve(count: int) -> tuple[int, int]:
+    """(millisecond, first counter value) for ``count`` ids after every id made before."""
+    global _last_ms, _counter
+    with _clock_lock:
+        now_ms = time.time_ns() // 1_000_000
+        if now_ms > _last_ms:
+            # A new millisecond: start low, with random bits, so ids of several processes
+            # in the same millisecond rarely share a counter.
+            _last_ms, _counter = now_ms, int.from_bytes(os.urandom(4)) >> 4
+        ms, first = _last_ms, _counter
+        _counter += count
+        _last_ms += _counter >> _COUNTER_BITS  # a full counter borrows the next millisecond
+        _counter &= (1 << _COUNTER_BITS) - 1
+        return ms, first
 
 
 def new_ids(count: int) -> Iterator[str]:
-    """Random (version 4) UUID strings, made in one batch: a third of ``uuid4()``'s cost."""
-    raw = os.urandom(16 * count).hex()
-    for start in range(0, 32 * count, 32):
-        h = raw[start:start + 32]
-        yield (f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16)]}{h[17:20]}-"
-               f"{h[20:]}")
+    """Time-ordered (version 7, RFC 9562) UUID strings, made in one batch.
+
+    Later ids sort after earlier ones made by this process, so jobs enqueued together sit
+    together in the table and its indexes (random ids scatter every claim and completion
+    over the whole table), and jobs with the same ``run_at`` are claimed in the order they
+    were enqueued.
+    """
+    ms, counter = _reserve(count)
+    rand = os.urandom(6 * count).hex()  # 44 random bits (11 hex digits) per id
+    for start in range(0, 12 * count, 12):
+        if counter >> _COUNTER_BITS:
+            ms, counter = ms + 1, counter & ((1 << _COUNTER_BITS) - 1)
+        h = f"{ms << 16 | 0x7000 | counter >> 18:016x}{0x80000 | counter & 0x3FFFF:05x}"
+        counter += 1
+        yield f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20]}{rand[start:start + 11]}"
 
 
 def new_id() -> str:

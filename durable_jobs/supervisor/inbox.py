@@ -131,8 +131,5 @@ class Inbox:
 
     def _actor_running(self, job: Running) -> Actor | None:
         """The actor running this very claim of the job (a stale claim may share its id)."""
-        for actor in self.pool.actors.values():
-            if actor.job is job:
-                return actor
-        return None
-
+        actor = self.pool.actors.get(job.actor_id) if job.actor_id else None
+        return actor if actor is not None and actor.job is job else None

@@ -61,6 +61,7 @@ class Running:
     deadline: float | None = None  # monotonic hard limit
     row: Any = None
     revoking: bool = False  # asked the actor to hand it back unstarted
+    actor_id: str | None = None  # the actor it was sent to
 
 
 @dataclass

@@ -364,6 +364,7 @@ class Supervisor(Inbox, Control):
                     break
                 was_idle = not actor.jobs
                 for item in batch:
+                    item.job.actor_id = actor.id
                     actor.jobs.append(item.job)
                     self.hooks.started(item.job)
                 if was_idle:
