@@ -12,11 +12,12 @@ in-process worker whose actors have booted before any timer starts):
   <= 0.5 ms/step on SQLite.
 * **Aggregate checkpoint rate** — ``--workflows`` (default 50) workflows of
   ``--workflow-steps`` (default 200) steps, enqueued at once with ``enqueue_many`` on a worker
-  with 2 actors, then again with 4 (``--actors``); only as many workflows run at a time as
-  there are actors. Figure: workflows x steps / (last ``finished_at`` - time before
-  ``enqueue_many``); if the run takes longer than ``--rate-budget`` seconds (default 12),
-  checkpoints stored by then / elapsed time, and the unfinished workflows are cancelled, so
-  the whole script stays within about two minutes. Target: >= 5,000 checkpoints/s on
+  with 2 actors, then with 4, then with 50 (``--actors``); only as many workflows run at a
+  time as there are actors, so the 50-actor run is the one with 50 concurrent workflows.
+  Figure: workflows x steps / (last ``finished_at`` - time before ``enqueue_many``); if the
+  run takes longer than ``--rate-budget`` seconds (default 12), checkpoints stored by then /
+  elapsed time, and the unfinished workflows are cancelled, so the whole script stays within
+  about two and a half minutes. Target: >= 5,000 checkpoints/s on
   PostgreSQL (SQLite: reported only).
 * **Fan-out latency** — a parent that calls ``jobs.fan_out`` with ``--fan-out`` (default
   10,000) no-op sub-jobs, on a worker with 2 actors and ``prefetch=64`` (after an untimed
@@ -325,6 +326,9 @@ def print_report(report: Report) -> list[bool]:
         label = f"checkpoints/s, {w} x {s} steps, {actors} actors"
         if targets.checkpoints is None:
             print(f"  {label:<40} {r.rate:9,.0f} /s       (no target on {report.backend})")
+        elif actors < w:  # the target is for all the workflows running at once
+            print(f"  {label:<40} {r.rate:9,.0f} /s       (information: {actors} of {w} "
+                  "workflows at a time)")
         else:
             ok = r.rate >= targets.checkpoints
             results.append(ok)
@@ -361,7 +365,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workflows", type=int, default=50, help="concurrent workflows")
     parser.add_argument("--workflow-steps", type=int, default=200, help="steps of each")
     parser.add_argument("--actors", type=lambda v: [int(x) for x in v.split(",")],
-                        default=[2, 4], help="actor counts for the checkpoint rate (2,4)")
+                        default=[2, 4, 50],
+                        help="actor counts for the checkpoint rate (2,4,50: 50 actors run "
+                             "all 50 workflows at once)")
     parser.add_argument("--rate-budget", type=float, default=12.0,
                         help="seconds per checkpoint-rate run; past it, the rate is taken "
                              "over the checkpoints stored so far")

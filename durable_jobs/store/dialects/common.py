@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import collections
+import re
 import uuid
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, text
-from sqlalchemy.sql.elements import TextClause
+from sqlalchemy import Connection
 
 from durable_jobs.store.schema import jobs
 
@@ -22,24 +23,49 @@ def insert_sql(placeholder: str) -> str:
             f"VALUES ({', '.join(placeholder for _ in INSERT_COLUMNS)})")
 
 
-CLAIM_RETURNING = (
-    "id, name, queue, args, attempt, max_attempts, max_backoff, timeout, priority, "
-    "checkpoints, parent_id, run_at, created_at, started_at, lease_token"
+CLAIM_COLUMNS = (
+    "id", "name", "queue", "args", "attempt", "max_attempts", "max_backoff", "timeout",
+    "priority", "checkpoints", "parent_id", "run_at", "created_at", "started_at", "lease_token",
 )
+ClaimedRow = collections.namedtuple("ClaimedRow", CLAIM_COLUMNS)  # type: ignore[misc]
+_NAMED = re.compile(r"(?<!:):(\w+)")
 
 
-def claim_text(template: str, now_sql: str) -> TextClause:
-    """Compile a claim template with the dialect's clock and an expanding ``names`` list."""
-    sql = template.format(now=now_sql, returning=CLAIM_RETURNING)
-    return text(sql).bindparams(bindparam("names", expanding=True))
+class ClaimSQL:
+    """A dialect's claim statement as driver SQL, with one placeholder per job name.
+
+    The claim runs on every flush of every supervisor, so it skips SQLAlchemy's statement
+    machinery (compile, expanding IN, Row objects): rows come back as ``ClaimedRow``.
+    """
+
+    def __init__(self, template: str, now_sql: str, pyformat: bool) -> None:
+        self.template = template.format(now=now_sql, returning=", ".join(CLAIM_COLUMNS))
+        self.pyformat = pyformat
+        self._by_count: dict[int, str] = {}
+
+    def sql(self, names: int) -> str:
+        sql = self._by_count.get(names)
+        if sql is None:
+            listed = ", ".join(f":n{i}" for i in range(names))
+            sql = self.template.replace(":names", f"({listed})")
+            if self.pyformat:
+                sql = _NAMED.sub(r"%(\1)s", sql)
+            self._by_count[names] = sql
+        return sql
 
 
-def run_claim(conn: Connection, statement: TextClause, owner: str, queue: str,
+def run_claim(conn: Connection, claim: ClaimSQL, owner: str, queue: str,
               names: list[str], limit: int, lease_timeout: float) -> list[Any]:
     """Run a dialect's claim statement; every claim gets a fresh lease token."""
-    params = {"owner": owner, "queue": queue, "names": names, "limit": limit,
-              "lease": lease_timeout, "token": uuid.uuid4().hex}
-    return list(conn.execute(statement, params))
+    params: dict[str, Any] = {"owner": owner, "queue": queue, "limit": limit,
+                              "lease": lease_timeout, "token": uuid.uuid4().hex}
+    params.update((f"n{i}", name) for i, name in enumerate(names))
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(claim.sql(len(names)), params)
+        return list(map(ClaimedRow._make, cursor.fetchall()))
+    finally:
+        cursor.close()
 
 
 def row_dict(row: tuple[Any, ...]) -> dict[str, Any]:

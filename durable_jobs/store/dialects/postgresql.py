@@ -12,14 +12,14 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from durable_jobs.store.dialects.common import INSERT_COLUMNS, claim_text, insert_sql, run_claim
+from durable_jobs.store.dialects.common import INSERT_COLUMNS, ClaimSQL, insert_sql, run_claim
 from durable_jobs.store.schema import NON_TERMINAL_SQL, jobs
 
 CHANNEL = "durable_jobs"
 MIGRATION_LOCK_KEY = 0x6475726A6F6273  # "durjobs"
 NOW = "extract(epoch from clock_timestamp())::float8"
 
-CLAIM = claim_text(
+CLAIM = ClaimSQL(
     """
     WITH picked AS (
         SELECT id AS picked_id FROM jobs  -- aliased: RETURNING id must be unambiguous
@@ -36,6 +36,7 @@ CLAIM = claim_text(
     RETURNING {returning}
     """,
     NOW,
+    pyformat=True,
 )
 NOTIFY_DDL = f"""
 CREATE OR REPLACE FUNCTION durable_jobs_notify() RETURNS trigger AS $$

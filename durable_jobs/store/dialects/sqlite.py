@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, event, text
 
-from durable_jobs.store.dialects.common import claim_text, insert_sql, run_claim
+from durable_jobs.store.dialects.common import ClaimSQL, insert_sql, run_claim
 from durable_jobs.store.schema import NON_TERMINAL_SQL, jobs
 
 BUSY_TIMEOUT_MS = 30_000
@@ -25,7 +25,7 @@ NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 # millisecond as a claim is invisible to it (and waits a whole poll interval).
 CLOCK_SLACK = 0.002
 
-CLAIM = claim_text(
+CLAIM = ClaimSQL(
     """
     UPDATE jobs SET status = 'running', attempt = attempt + 1, lease_owner = :owner,
         lease_token = :token, lease_expires_at = {now} + :lease, started_at = {now}
@@ -40,6 +40,7 @@ CLAIM = claim_text(
     RETURNING {returning}
     """.replace("{slack}", repr(CLOCK_SLACK)),
     NOW,
+    pyformat=False,
 )
 BULK_INSERT = insert_sql("?")
 COUNT_STEP = ("UPDATE jobs SET checkpoints = checkpoints + 1 WHERE id = ? AND lease_owner = ? "
