@@ -4,10 +4,10 @@ Every write after the claim is guarded by ``lease_owner = me AND status = 'runni
 when the caller passes them, by the claim's ``lease_token``: a job that was paused or
 cancelled and then resumed or retried may be claimed again by the same supervisor, and only
 the token tells the new claim from the stale one. A write that matches no row means the
-lease was lost, and the outcome is dropped. Outcome writes first select the rows they may
-touch (locking them on PostgreSQL; SQLite's BEGIN IMMEDIATE already excludes other
-writers), then update them with one executemany per kind, so a batch costs a fixed number
-of statements.
+lease was lost, and the outcome is dropped. Outcome writes carry the guard in their own
+WHERE clause: one statement per kind of write on PostgreSQL (``UPDATE ... FROM unnest``),
+one driver-level statement per job on SQLite (in-process, so a statement costs
+microseconds), with no select before them.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from durable_jobs.engine.errors import JobError
 from durable_jobs.engine.outcomes import Complete, Fail, Retry, Transition
 from durable_jobs.store import fanouts
 from durable_jobs.store.dialects import Dialect
+from durable_jobs.store.dialects.common import CLEAR_LEASE
 from durable_jobs.store.schema import jobs
 
 
@@ -33,17 +34,15 @@ class Release:
 
 Write = Transition | Release
 
-# Outcome writes run as plain driver executemany: the rows were already checked (and locked
-# on PostgreSQL) by _owned, and skipping SQLAlchemy's per-row parameter processing roughly
-# halves the supervisor's cost per job.
-_CLEAR = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
-COMPLETE = ("UPDATE jobs SET status = 'completed', result = :b_result, error = NULL, "
-            f"finished_at = :b_now, {_CLEAR} WHERE id = :b_id")
-RETRY = (f"UPDATE jobs SET status = 'pending', run_at = :b_run_at, error = :b_error, {_CLEAR} "
-         "WHERE id = :b_id")
+# The reaper's and release's writes: plain driver executemany over rows already checked (and
+# locked on PostgreSQL) by the caller's select. Outcome writes (``finish``) are the dialects'
+# guarded FINISH statements instead.
+RETRY = (f"UPDATE jobs SET status = 'pending', run_at = :b_run_at, error = :b_error, "
+         f"{CLEAR_LEASE} WHERE id = :b_id")
 FAIL = ("UPDATE jobs SET status = 'failed', error = :b_error, finished_at = :b_now, "
-        f"{_CLEAR} WHERE id = :b_id")
-RELEASE = f"UPDATE jobs SET status = 'pending', attempt = attempt - 1, {_CLEAR} WHERE id = :b_id"
+        f"{CLEAR_LEASE} WHERE id = :b_id")
+RELEASE = (f"UPDATE jobs SET status = 'pending', attempt = attempt - 1, {CLEAR_LEASE} "
+           "WHERE id = :b_id")
 _PYFORMAT = re.compile(r":(b_\w+)")
 
 OWNED = select(jobs.c.id, jobs.c.fan_out_id, jobs.c.checkpoints, jobs.c.lease_token).where(
@@ -106,25 +105,41 @@ def _owned(conn: Connection, owner: str, ids: list[str],
 
 def finish(conn: Connection, dialect: Dialect, owner: str, items: list[tuple[str, Write]],
            now: float, tokens: list[str | None] | None = None) -> list[tuple[Any, Write]]:
-    """Write a batch of outcomes; returns (row before the write, write) for those applied.
+    """Write a batch of outcomes; returns ``(Finished(id, fan_out_id), write)`` for those
+    applied, in the order given.
 
     ``tokens[i]``, if given, is the lease token of the claim that ``items[i]`` belongs to.
+    Each kind of write is one guarded statement (owner, ``running``, token), so an outcome
+    whose lease was lost changes nothing. A job given twice keeps its first write.
     """
     if not items:
         return []
-    owned = _owned(conn, owner, [job_id for job_id, _ in items])
-    expected = tokens or [None] * len(items)
-    applied = [(owned[job_id], write) for (job_id, write), token in zip(items, expected,
-                                                                         strict=True)
-               if job_id in owned and token in (None, owned[job_id].lease_token)]
-    params: dict[type, list[dict[str, Any]]] = {Complete: [], Retry: [], Fail: [], Release: []}
-    for row, write in applied:
-        params[type(write)].append(_params(row.id, write, now))
-    for kind, stmt in ((Complete, COMPLETE), (Retry, RETRY), (Fail, FAIL), (Release, RELEASE)):
-        if params[kind]:
-            _executemany(conn, stmt, params[kind])
+    first: dict[str, tuple[Write, str | None]] = {}
+    for (job_id, write), token in zip(items, tokens or [None] * len(items), strict=True):
+        first.setdefault(job_id, (write, token))
+    by_kind: dict[str, list[tuple[Any, ...]]] = {}
+    for job_id, (write, token) in first.items():
+        by_kind.setdefault(_KIND[type(write)], []).append((job_id, token, *_values(write)))
+    done = {row.id: row for kind, rows in by_kind.items()
+            for row in dialect.finish(conn, owner, kind, rows, now)}
+    applied = [(done[job_id], write) for job_id, (write, _token) in first.items()
+               if job_id in done]
     _after_terminal(conn, dialect, applied, now)
     return applied
+
+
+_KIND = {Complete: "complete", Retry: "retry", Fail: "fail", Release: "release"}
+
+
+def _values(write: Write) -> tuple[str | None, float | None]:
+    """(text, number) for the dialects' FINISH statements."""
+    if isinstance(write, Complete):
+        return write.result, None
+    if isinstance(write, Retry):
+        return error_json(write.error), write.run_at
+    if isinstance(write, Fail):
+        return error_json(write.error), None
+    return None, None
 
 
 def _params(job_id: str, write: Write, now: float) -> dict[str, Any]:

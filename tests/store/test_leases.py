@@ -261,3 +261,32 @@ def test_checkpoints_in_autocommit_are_atomic_per_statement(
     assert finish(store, "w1", [(first, Complete("null"))])
     assert save(store, "w1", [step(first, 1, None)]) == [False]  # no longer running
     assert stored_steps(store, first) == [(0, "s0", "completed", "1", None, 1)]
+
+
+def test_outcome_writes_need_the_claims_token(store: jobs.Store, queue: jobs.Queue) -> None:
+    """A stale claim's outcome (same owner, an older token) changes nothing; the holder's
+    does, and each kind of write is guarded the same way."""
+    ids = [running(store, queue, name) for name in ("a", "b", "c", "d")]
+    tokens = [row(store, job_id).lease_token for job_id in ids]
+    writes = [Complete('"x"'), Retry(time.time() + 60, ERR), Fail(ERR), Release()]
+    with store.write() as conn:
+        stale = leases.finish(conn, store.dialect, "w1", list(zip(ids, writes, strict=True)),
+                              time.time(), ["stale"] * 4)
+    assert stale == [] and all(row(store, j).status == "running" for j in ids)
+    with store.write() as conn:
+        applied = leases.finish(conn, store.dialect, "w1", list(zip(ids, writes, strict=True)),
+                                time.time(), tokens)
+    assert [(r.id, w) for r, w in applied] == list(zip(ids, writes, strict=True))
+    after = [row(store, j) for j in ids]
+    assert [r.status for r in after] == ["completed", "pending", "failed", "pending"]
+    assert after[0].result == '"x"' and json.loads(after[2].error)["type"] == "ValueError"
+    assert after[1].attempt == 1 and after[3].attempt == 0  # a release gives the attempt back
+    assert all(r.lease_owner is None and r.lease_token is None for r in after)
+
+
+def test_a_job_given_twice_in_one_batch_keeps_its_first_write(
+        store: jobs.Store, queue: jobs.Queue) -> None:
+    job_id = running(store, queue)
+    applied = finish(store, "w1", [(job_id, Complete("1")), (job_id, Fail(ERR))])
+    assert [w for _r, w in applied] == [Complete("1")]
+    assert row(store, job_id).status == "completed" and row(store, job_id).result == "1"

@@ -68,6 +68,18 @@ def run_claim(conn: Connection, claim: ClaimSQL, owner: str, queue: str,
         cursor.close()
 
 
+#: What each outcome write sets, besides clearing the lease. ``{a}`` is the text value
+#: (result or error JSON), ``{b}`` the number (run_at), ``{now}`` the flush time.
+FINISH_SET = {
+    "complete": "status = 'completed', result = {a}, error = NULL, finished_at = {now}",
+    "retry": "status = 'pending', run_at = {b}, error = {a}",
+    "fail": "status = 'failed', error = {a}, finished_at = {now}",
+    "release": "status = 'pending', attempt = attempt - 1",
+}
+CLEAR_LEASE = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
+Finished = collections.namedtuple("Finished", ("id", "fan_out_id"))  # type: ignore[misc]
+
+
 def row_dict(row: tuple[Any, ...]) -> dict[str, Any]:
     return dict(zip(INSERT_COLUMNS, row, strict=True))
 

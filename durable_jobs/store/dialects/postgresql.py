@@ -12,7 +12,15 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from durable_jobs.store.dialects.common import INSERT_COLUMNS, ClaimSQL, insert_sql, run_claim
+from durable_jobs.store.dialects.common import (
+    CLEAR_LEASE,
+    FINISH_SET,
+    INSERT_COLUMNS,
+    ClaimSQL,
+    Finished,
+    insert_sql,
+    run_claim,
+)
 from durable_jobs.store.schema import NON_TERMINAL_SQL, jobs
 
 CHANNEL = "durable_jobs"
@@ -70,6 +78,17 @@ RETURNING job_id, position
 """
 
 
+# Outcome writes: lock the rows still ours (one select), then one executemany per kind
+# (psycopg pipelines it). Measured faster here than a single UPDATE ... FROM unnest.
+OWNED = ("SELECT id, fan_out_id, lease_token FROM jobs WHERE id = ANY(%(ids)s) "
+         "AND lease_owner = %(owner)s AND status = 'running' FOR UPDATE")
+FINISH_BY_ID = {
+    kind: f"UPDATE jobs SET {change.format(a='%(a)s', b='%(b)s', now='%(now)s')}, "
+          f"{CLEAR_LEASE} WHERE id = %(id)s"
+    for kind, change in FINISH_SET.items()
+}
+
+
 class PostgreSQLDialect:
     """The production and multi-host backend (psycopg 3)."""
 
@@ -123,6 +142,21 @@ class PostgreSQLDialect:
             cursor.execute(SAVE_STEPS, params)
             saved = {(job_id, position) for job_id, position in cursor.fetchall()}
         return [(row[0], row[1]) in saved for row in rows]
+
+    def finish(self, conn: Connection, owner: str, kind: str,
+               rows: list[tuple[Any, ...]], now: float) -> list[Any]:
+        """The outcomes of a kind whose lease we still hold (owner, running, the claim's
+        token), written; returns ``Finished`` rows for those."""
+        with conn.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+            cursor.execute(OWNED, {"ids": [row[0] for row in rows], "owner": owner})
+            owned = {job_id: (fan_out_id, token) for job_id, fan_out_id, token in cursor}
+            kept = [row for row in rows
+                    if row[0] in owned and row[1] in (None, owned[row[0]][1])]
+            if kept:
+                cursor.executemany(FINISH_BY_ID[kind], [
+                    {"id": job_id, "a": text_value, "b": number, "now": now}
+                    for job_id, _token, text_value, number in kept])
+        return [Finished(row[0], owned[row[0]][0]) for row in kept]
 
     def notify(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_notify(:c, '')"), {"c": CHANNEL})

@@ -15,7 +15,14 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, event, text
 
-from durable_jobs.store.dialects.common import ClaimSQL, insert_sql, run_claim
+from durable_jobs.store.dialects.common import (
+    CLEAR_LEASE,
+    FINISH_SET,
+    ClaimSQL,
+    Finished,
+    insert_sql,
+    run_claim,
+)
 from durable_jobs.store.schema import NON_TERMINAL_SQL, jobs
 
 BUSY_TIMEOUT_MS = 30_000
@@ -43,6 +50,12 @@ CLAIM = ClaimSQL(
     pyformat=False,
 )
 BULK_INSERT = insert_sql("?")
+FINISH = {
+    kind: f"UPDATE jobs SET {change.format(a=':a', b=':b', now=':now')}, {CLEAR_LEASE} "
+          "WHERE id = :id AND lease_owner = :owner AND status = 'running' "
+          "AND (:token IS NULL OR lease_token = :token) RETURNING id, fan_out_id"
+    for kind, change in FINISH_SET.items()
+}
 COUNT_STEP = ("UPDATE jobs SET checkpoints = checkpoints + 1 WHERE id = ? AND lease_owner = ? "
               "AND status = 'running' AND (? IS NULL OR lease_token = ?) RETURNING id")
 STEP_INSERT = ("INSERT INTO steps (job_id, position, name, status, result, error, span, "
@@ -138,6 +151,23 @@ class SQLiteDialect:
         finally:
             cursor.close()
         return ok
+
+    def finish(self, conn: Connection, owner: str, kind: str,
+               rows: list[tuple[Any, ...]], now: float) -> list[Any]:
+        """The outcomes of a kind, one guarded UPDATE each (driver calls: in-process, a
+        statement costs microseconds); returns ``Finished`` rows for those it changed."""
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        sql = FINISH[kind]
+        try:
+            done = []
+            for job_id, token, text_value, number in rows:
+                row = cursor.execute(sql, {"id": job_id, "owner": owner, "token": token,
+                                           "a": text_value, "b": number, "now": now}).fetchone()
+                if row is not None:
+                    done.append(Finished._make(row))
+            return done
+        finally:
+            cursor.close()
 
     def notify(self, conn: Connection) -> None:
         """SQLite supervisors watch ``PRAGMA data_version`` instead."""
