@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, inspect, select
 
 from durable_jobs.store.dialects import Dialect
-from durable_jobs.store.schema import metadata, schema_version
+from durable_jobs.store.schema import metadata, schema_version, unique_key_index
 
 if TYPE_CHECKING:
     from durable_jobs.store.store import Store
@@ -24,7 +24,13 @@ def _v1_initial(conn: Connection, dialect: Dialect) -> None:
     dialect.post_migrate(conn)
 
 
-STEPS: list[Callable[[Connection, Dialect], None]] = [_v1_initial]
+def _v2_unique_key_without_nulls(conn: Connection, dialect: Dialect) -> None:
+    """The unique-key index no longer holds the (NULL) keys of ordinary jobs."""
+    unique_key_index.drop(conn, checkfirst=True)
+    unique_key_index.create(conn)
+
+
+STEPS: list[Callable[[Connection, Dialect], None]] = [_v1_initial, _v2_unique_key_without_nulls]
 
 
 def current_version(conn: Connection) -> int:

@@ -78,7 +78,11 @@ _partial(
     jobs.c.id,
     where="status = 'pending'",
 )
-_partial("jobs_unique_key", jobs.c.unique_key, where=NON_TERMINAL_SQL, unique=True)
+# Only jobs that have a key are in it: NULL keys never conflict, and indexing them made every
+# insert and status change of an ordinary job pay for an index entry.
+UNIQUE_KEY_WHERE = f"unique_key IS NOT NULL AND {NON_TERMINAL_SQL}"
+unique_key_index = _partial("jobs_unique_key", jobs.c.unique_key, where=UNIQUE_KEY_WHERE,
+                            unique=True)
 _partial("jobs_running", jobs.c.lease_expires_at, where="status = 'running'")
 _partial("jobs_parent", jobs.c.parent_id, where="parent_id IS NOT NULL")
 _partial("jobs_fan_out", jobs.c.fan_out_id, jobs.c.fan_out_index, where="fan_out_id IS NOT NULL")

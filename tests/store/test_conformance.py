@@ -383,3 +383,46 @@ def test_bad_option_values_write_nothing(store: jobs.Store, queue: jobs.Queue) -
         with pytest.raises((TypeError, ValueError)):
             queue.enqueue("a", **kwargs)
     assert count_jobs(store) == 0
+
+
+def unique_index_sql(store: jobs.Store) -> str:
+    with store.read() as conn:
+        if store.dialect.name == "sqlite":
+            query = "SELECT sql FROM sqlite_master WHERE name = 'jobs_unique_key'"
+        else:
+            query = "SELECT indexdef FROM pg_indexes WHERE indexname = 'jobs_unique_key'"
+        return str(conn.exec_driver_sql(query).scalar_one())
+
+
+def test_v1_database_migrates_to_a_unique_index_without_null_keys(
+        backend: str, tmp_path: Any, request: pytest.FixtureRequest) -> None:
+    """A database made by version 1 (every non-terminal job in the unique-key index, NULL
+    keys included) is brought to version 2, and unique keys still hold across it."""
+    from durable_jobs.engine.options import HandlerOptions
+    from durable_jobs.engine.rows import build_row
+    from durable_jobs.store.schema import NON_TERMINAL_SQL
+
+    store = jobs.Store(fresh_url(backend, tmp_path, request))
+    try:
+        with store.write() as conn:
+            store.dialect.migration_lock(conn)
+            migrations.STEPS[0](conn, store.dialect)
+            migrations._set_version(conn, 1)
+            conn.exec_driver_sql("DROP INDEX jobs_unique_key")
+            conn.exec_driver_sql(f"CREATE UNIQUE INDEX jobs_unique_key ON jobs (unique_key) "
+                                 f"WHERE {NON_TERMINAL_SQL}")
+        queue = jobs.Queue(store)
+        # A job with a key, stored as version 1 stored it (a plain insert).
+        row = build_row(queue.registry, "a", None, HandlerOptions(), time.time(), time.time(),
+                        unique="k1")
+        store.execute_autocommit(store.dialect.insert_sql, row)
+        held = row[0]
+        assert "IS NOT NULL" not in unique_index_sql(store).upper()
+        assert store.migrate() == len(migrations.STEPS) == 2
+        assert "IS NOT NULL" in unique_index_sql(store).upper()
+        with pytest.raises(jobs.DuplicateJobError) as caught:
+            queue.enqueue("a", unique="k1")
+        assert caught.value.job_id == held
+        assert len(queue.enqueue_many([jobs.Sub("a") for _ in range(3)])) == 3
+    finally:
+        store.dispose()

@@ -21,7 +21,7 @@ from durable_jobs.store.dialects.common import (
     insert_sql,
     run_claim,
 )
-from durable_jobs.store.schema import NON_TERMINAL_SQL, jobs
+from durable_jobs.store.schema import UNIQUE_KEY_WHERE, jobs
 
 CHANNEL = "durable_jobs"
 MIGRATION_LOCK_KEY = 0x6475726A6F6273  # "durjobs"
@@ -126,7 +126,7 @@ class PostgreSQLDialect:
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
         stmt = pg_insert(jobs).values(**row).on_conflict_do_nothing(
-            index_elements=["unique_key"], index_where=text(NON_TERMINAL_SQL)
+            index_elements=["unique_key"], index_where=text(UNIQUE_KEY_WHERE)
         )
         # An INSERT's rowcount is only kept when asked for (SQLAlchemy 2: -1 otherwise).
         return conn.execute(stmt.execution_options(preserve_rowcount=True)).rowcount == 1

@@ -23,7 +23,7 @@ from durable_jobs.store.dialects.common import (
     insert_sql,
     run_claim,
 )
-from durable_jobs.store.schema import NON_TERMINAL_SQL, jobs
+from durable_jobs.store.schema import UNIQUE_KEY_WHERE, jobs
 
 BUSY_TIMEOUT_MS = 30_000
 NOW = "((julianday('now') - 2440587.5) * 86400.0)"
@@ -131,7 +131,7 @@ class SQLiteDialect:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         stmt = sqlite_insert(jobs).values(**row).on_conflict_do_nothing(
-            index_elements=["unique_key"], index_where=text(NON_TERMINAL_SQL)
+            index_elements=["unique_key"], index_where=text(UNIQUE_KEY_WHERE)
         )
         # An INSERT's rowcount is only kept when asked for (SQLAlchemy 2: -1 otherwise).
         return conn.execute(stmt.execution_options(preserve_rowcount=True)).rowcount == 1
