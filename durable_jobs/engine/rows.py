@@ -47,9 +47,13 @@ def new_ids(count: int) -> Iterator[str]:
     Later ids sort after earlier ones made by this process, so jobs enqueued together sit
     together in the table and its indexes (random ids scatter every claim and completion
     over the whole table), and jobs with the same ``run_at`` are claimed in the order they
-    were enqueued.
+    were enqueued. The ids are reserved when this is called, not when they are read.
     """
     ms, counter = _reserve(count)
+    return _format_ids(count, ms, counter)
+
+
+def _format_ids(count: int, ms: int, counter: int) -> Iterator[str]:
     rand = os.urandom(6 * count).hex()  # 44 random bits (11 hex digits) per id
     for start in range(0, 12 * count, 12):
         if counter >> _COUNTER_BITS:

@@ -4,10 +4,11 @@ Every write after the claim is guarded by ``lease_owner = me AND status = 'runni
 when the caller passes them, by the claim's ``lease_token``: a job that was paused or
 cancelled and then resumed or retried may be claimed again by the same supervisor, and only
 the token tells the new claim from the stale one. A write that matches no row means the
-lease was lost, and the outcome is dropped. Outcome writes carry the guard in their own
-WHERE clause: one statement per kind of write on PostgreSQL (``UPDATE ... FROM unnest``),
-one driver-level statement per job on SQLite (in-process, so a statement costs
-microseconds), with no select before them.
+lease was lost, and the outcome is dropped. Outcome writes are the dialects' ``finish``:
+on SQLite one guarded ``UPDATE ... RETURNING`` per job (in-process, a statement costs
+microseconds, and BEGIN IMMEDIATE keeps other writers out); on PostgreSQL one
+``SELECT ... FOR UPDATE`` of the rows still ours, then one executemany per kind of write
+(psycopg pipelines it), which measured faster than a single ``UPDATE ... FROM unnest``.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ RELEASE = (f"UPDATE jobs SET status = 'pending', attempt = attempt - 1, {CLEAR_L
            "WHERE id = :b_id")
 _PYFORMAT = re.compile(r":(b_\w+)")
 
-OWNED = select(jobs.c.id, jobs.c.fan_out_id, jobs.c.checkpoints, jobs.c.lease_token).where(
+OWNED = select(jobs.c.id, jobs.c.fan_out_id, jobs.c.lease_token).where(
     jobs.c.id.in_(bindparam("ids", expanding=True)), jobs.c.lease_owner == bindparam("owner"),
     jobs.c.status == "running")
 OWNED_LOCKED = OWNED.with_for_update()
@@ -105,25 +106,26 @@ def _owned(conn: Connection, owner: str, ids: list[str],
 
 def finish(conn: Connection, dialect: Dialect, owner: str, items: list[tuple[str, Write]],
            now: float, tokens: list[str | None] | None = None) -> list[tuple[Any, Write]]:
-    """Write a batch of outcomes; returns ``(Finished(id, fan_out_id), write)`` for those
-    applied, in the order given.
+    """Write a batch of outcomes; returns ``(Finished(id, fan_out_id, token), write)`` for
+    those applied, in the order given.
 
     ``tokens[i]``, if given, is the lease token of the claim that ``items[i]`` belongs to.
-    Each kind of write is one guarded statement (owner, ``running``, token), so an outcome
-    whose lease was lost changes nothing. A job given twice keeps its first write.
+    Each write is guarded (owner, ``running``, token), so an outcome whose lease was lost
+    changes nothing, and of a stale claim's outcome and the current claim's outcome for one
+    job in one batch, only the current one is written. The same claim given twice keeps its
+    first write.
     """
     if not items:
         return []
-    first: dict[str, tuple[Write, str | None]] = {}
+    first: dict[tuple[str, str | None], Write] = {}
     for (job_id, write), token in zip(items, tokens or [None] * len(items), strict=True):
-        first.setdefault(job_id, (write, token))
+        first.setdefault((job_id, token), write)
     by_kind: dict[str, list[tuple[Any, ...]]] = {}
-    for job_id, (write, token) in first.items():
+    for (job_id, token), write in first.items():
         by_kind.setdefault(_KIND[type(write)], []).append((job_id, token, *_values(write)))
-    done = {row.id: row for kind, rows in by_kind.items()
+    done = {(row.id, row.token): row for kind, rows in by_kind.items()
             for row in dialect.finish(conn, owner, kind, rows, now)}
-    applied = [(done[job_id], write) for job_id, (write, _token) in first.items()
-               if job_id in done]
+    applied = [(done[key], write) for key, write in first.items() if key in done]
     _after_terminal(conn, dialect, applied, now)
     return applied
 

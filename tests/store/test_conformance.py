@@ -397,9 +397,8 @@ def unique_index_sql(store: jobs.Store) -> str:
 def test_v1_database_migrates_to_a_unique_index_without_null_keys(
         backend: str, tmp_path: Any, request: pytest.FixtureRequest) -> None:
     """A database made by version 1 (every non-terminal job in the unique-key index, NULL
-    keys included) is brought to version 2, and unique keys still hold across it."""
-    from durable_jobs.engine.options import HandlerOptions
-    from durable_jobs.engine.rows import build_row
+    keys included) takes unique enqueues from this version before and after it is brought
+    to version 2, and its keys still hold."""
     from durable_jobs.store.schema import NON_TERMINAL_SQL
 
     store = jobs.Store(fresh_url(backend, tmp_path, request))
@@ -412,17 +411,17 @@ def test_v1_database_migrates_to_a_unique_index_without_null_keys(
             conn.exec_driver_sql(f"CREATE UNIQUE INDEX jobs_unique_key ON jobs (unique_key) "
                                  f"WHERE {NON_TERMINAL_SQL}")
         queue = jobs.Queue(store)
-        # A job with a key, stored as version 1 stored it (a plain insert).
-        row = build_row(queue.registry, "a", None, HandlerOptions(), time.time(), time.time(),
-                        unique="k1")
-        store.execute_autocommit(store.dialect.insert_sql, row)
-        held = row[0]
+        held = queue.enqueue("a", unique="k1")
+        with pytest.raises(jobs.DuplicateJobError) as caught:
+            queue.enqueue("a", unique="k1")
+        assert caught.value.job_id == held
         assert "IS NOT NULL" not in unique_index_sql(store).upper()
         assert store.migrate() == len(migrations.STEPS) == 2
         assert "IS NOT NULL" in unique_index_sql(store).upper()
         with pytest.raises(jobs.DuplicateJobError) as caught:
             queue.enqueue("a", unique="k1")
         assert caught.value.job_id == held
+        assert queue.enqueue("a", unique="k2") != held
         assert len(queue.enqueue_many([jobs.Sub("a") for _ in range(3)])) == 3
     finally:
         store.dispose()

@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 import durable_jobs as jobs
@@ -290,3 +291,30 @@ def test_a_job_given_twice_in_one_batch_keeps_its_first_write(
     applied = finish(store, "w1", [(job_id, Complete("1")), (job_id, Fail(ERR))])
     assert [w for _r, w in applied] == [Complete("1")]
     assert row(store, job_id).status == "completed" and row(store, job_id).result == "1"
+
+
+@pytest.mark.parametrize("stale_first", [True, False])
+def test_a_stale_claims_outcome_does_not_block_the_current_one(
+        store: jobs.Store, queue: jobs.Queue, stale_first: bool) -> None:
+    """Paused, resumed and claimed again by the same supervisor: the old claim's outcome and
+    the new claim's outcome reach one batch; only the new one is written."""
+    job_id = running(store, queue)
+    token = row(store, job_id).lease_token
+    items = [(job_id, Fail(ERR)), (job_id, Complete('"new"'))]
+    tokens: list[str | None] = ["old-claim", token]
+    if not stale_first:
+        items.reverse()
+        tokens.reverse()
+    with store.write() as conn:
+        applied = leases.finish(conn, store.dialect, "w1", items, time.time(), tokens)
+    assert [(r.id, r.token, w) for r, w in applied] == [(job_id, token, Complete('"new"'))]
+    assert row(store, job_id).status == "completed" and row(store, job_id).result == '"new"'
+
+
+def test_two_steps_of_one_job_in_one_batch_count_twice(store: jobs.Store,
+                                                        queue: jobs.Queue) -> None:
+    job_id = running(store, queue)
+    token = row(store, job_id).lease_token
+    assert save(store, "w1", [step(job_id, 0, token), step(job_id, 1, token)]) == [True, True]
+    assert row(store, job_id).checkpoints == 2
+    assert [s[0] for s in stored_steps(store, job_id)] == [0, 1]

@@ -216,3 +216,12 @@ def test_job_ids_made_in_threads_are_unique() -> None:
     everything = [job_id for out in made for job_id in out]
     assert len(set(everything)) == len(everything) == 4 * 200 * 50
     assert all(out == sorted(out) for out in made)
+
+
+def test_job_ids_are_reserved_when_asked_for_not_when_read() -> None:
+    from durable_jobs.engine.rows import new_ids
+
+    first, second = new_ids(2), new_ids(2)
+    later = list(second)
+    earlier = list(first)
+    assert earlier + later == sorted(earlier + later)

@@ -1,4 +1,11 @@
-"""Pieces both dialects share: the claim template and the job columns in insert order."""
+"""Pieces both dialects share: the claim template, the outcome writes, the job columns.
+
+Driver-level SQL, on purpose: the statements the supervisor runs for every job (claim,
+outcome writes, checkpoints) go straight to the DBAPI cursor of the SQLAlchemy connection,
+inside its transaction. Through SQLAlchemy's statement machinery (compile cache lookup,
+expanding IN, parameter processing, Row objects) the same statements cost the supervisor
+about as much again as the database work itself; everything off that path stays Core.
+"""
 
 from __future__ import annotations
 
@@ -77,7 +84,8 @@ FINISH_SET = {
     "release": "status = 'pending', attempt = attempt - 1",
 }
 CLEAR_LEASE = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
-Finished = collections.namedtuple("Finished", ("id", "fan_out_id"))  # type: ignore[misc]
+#: An outcome write that took effect: the job, its fan-out, the claim's token as given.
+Finished = collections.namedtuple("Finished", ("id", "fan_out_id", "token"))  # type: ignore[misc]
 
 
 def row_dict(row: tuple[Any, ...]) -> dict[str, Any]:

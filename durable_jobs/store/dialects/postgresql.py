@@ -21,7 +21,7 @@ from durable_jobs.store.dialects.common import (
     insert_sql,
     run_claim,
 )
-from durable_jobs.store.schema import UNIQUE_KEY_WHERE, jobs
+from durable_jobs.store.schema import jobs
 
 CHANNEL = "durable_jobs"
 MIGRATION_LOCK_KEY = 0x6475726A6F6273  # "durjobs"
@@ -66,7 +66,10 @@ WITH v AS (
                          %(c4)s::text[], %(c5)s::text[], %(c6)s::int[], %(c7)s::text[])
         AS v(job_id, position, name, status, result, error, span, token)
 ), ok AS (
-    UPDATE jobs SET checkpoints = jobs.checkpoints + 1 FROM v
+    UPDATE jobs SET checkpoints = jobs.checkpoints + (  -- a job may have several rows in v
+        SELECT count(*) FROM v AS mine WHERE mine.job_id = jobs.id
+          AND (mine.token IS NULL OR mine.token = jobs.lease_token))
+    FROM v
     WHERE jobs.id = v.job_id AND jobs.lease_owner = %(owner)s AND jobs.status = 'running'
       AND (v.token IS NULL OR jobs.lease_token = v.token)
     RETURNING jobs.id, jobs.lease_token
@@ -125,9 +128,10 @@ class PostgreSQLDialect:
     def insert_unique(self, conn: Connection, row: dict[str, Any]) -> bool:
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        stmt = pg_insert(jobs).values(**row).on_conflict_do_nothing(
-            index_elements=["unique_key"], index_where=text(UNIQUE_KEY_WHERE)
-        )
+        # No conflict target: it matches the unique-key index of every schema version
+        # (v1 indexed NULL keys too, v2 does not), so producers and supervisors of
+        # either version work during an upgrade. Ids never collide (UUIDv7).
+        stmt = pg_insert(jobs).values(**row).on_conflict_do_nothing()
         # An INSERT's rowcount is only kept when asked for (SQLAlchemy 2: -1 otherwise).
         return conn.execute(stmt.execution_options(preserve_rowcount=True)).rowcount == 1
 
@@ -150,13 +154,18 @@ class PostgreSQLDialect:
         with conn.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
             cursor.execute(OWNED, {"ids": [row[0] for row in rows], "owner": owner})
             owned = {job_id: (fan_out_id, token) for job_id, fan_out_id, token in cursor}
-            kept = [row for row in rows
-                    if row[0] in owned and row[1] in (None, owned[row[0]][1])]
+            kept: list[tuple[Any, ...]] = []
+            done: list[Any] = []
+            for row in rows:  # the first write of each job that is still ours
+                job_id, token = row[0], row[1]
+                if job_id in owned and token in (None, owned[job_id][1]):
+                    kept.append(row)
+                    done.append(Finished(job_id, owned.pop(job_id)[0], token))
             if kept:
                 cursor.executemany(FINISH_BY_ID[kind], [
                     {"id": job_id, "a": text_value, "b": number, "now": now}
                     for job_id, _token, text_value, number in kept])
-        return [Finished(row[0], owned[row[0]][0]) for row in kept]
+        return done
 
     def notify(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_notify(:c, '')"), {"c": CHANNEL})

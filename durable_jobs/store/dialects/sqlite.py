@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy import Connection, Engine, event
 
 from durable_jobs.store.dialects.common import (
     CLEAR_LEASE,
@@ -23,7 +23,7 @@ from durable_jobs.store.dialects.common import (
     insert_sql,
     run_claim,
 )
-from durable_jobs.store.schema import UNIQUE_KEY_WHERE, jobs
+from durable_jobs.store.schema import jobs
 
 BUSY_TIMEOUT_MS = 30_000
 NOW = "((julianday('now') - 2440587.5) * 86400.0)"
@@ -130,9 +130,10 @@ class SQLiteDialect:
     def insert_unique(self, conn: Connection, row: dict[str, Any]) -> bool:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        stmt = sqlite_insert(jobs).values(**row).on_conflict_do_nothing(
-            index_elements=["unique_key"], index_where=text(UNIQUE_KEY_WHERE)
-        )
+        # No conflict target: it matches the unique-key index of every schema version
+        # (v1 indexed NULL keys too, v2 does not), so producers and supervisors of
+        # either version work during an upgrade. Ids never collide (UUIDv7).
+        stmt = sqlite_insert(jobs).values(**row).on_conflict_do_nothing()
         # An INSERT's rowcount is only kept when asked for (SQLAlchemy 2: -1 otherwise).
         return conn.execute(stmt.execution_options(preserve_rowcount=True)).rowcount == 1
 
@@ -164,7 +165,7 @@ class SQLiteDialect:
                 row = cursor.execute(sql, {"id": job_id, "owner": owner, "token": token,
                                            "a": text_value, "b": number, "now": now}).fetchone()
                 if row is not None:
-                    done.append(Finished._make(row))
+                    done.append(Finished(row[0], row[1], token))
             return done
         finally:
             cursor.close()
