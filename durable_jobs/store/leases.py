@@ -216,16 +216,18 @@ def reclaim_expired(conn: Connection, dialect: Dialect, now: float,
     return items
 
 
-def save_checkpoints(conn: Connection, dialect: Dialect, owner: str,
+def save_checkpoints(conn: Any, dialect: Dialect, owner: str,
                      rows: list[tuple[Any, ...]], now: float) -> list[bool]:
     """Store steps for jobs whose lease we still hold; returns which were accepted.
 
     ``rows`` are ``(job_id, position, name, status, result, error, span, lease_token)``; a
-    ``None`` token skips the token check.
+    ``None`` token skips the token check. ``conn`` is a SQLAlchemy connection in a write
+    transaction, or the driver connection of ``Store.driver_write()``.
     """
     if not rows:
         return []
-    return dialect.save_steps(conn, owner, rows, now)
+    driver = conn.connection.driver_connection if isinstance(conn, Connection) else conn
+    return dialect.save_steps(driver, owner, rows, now)
 
 
 def release_owned(conn: Connection, owner: str, ids: list[str],

@@ -196,6 +196,37 @@ class Store:
             raw.close()
 
     @contextmanager
+    def driver_write(self) -> Iterator[Any]:
+        """A pooled driver connection for one write that must be atomic: ``BEGIN IMMEDIATE``
+        ... ``COMMIT`` on SQLite; autocommit on PostgreSQL, so only a write made of ONE
+        statement belongs here. No SQLAlchemy transaction machinery: this is the path of
+        every workflow step's checkpoint."""
+        try:
+            raw = self.engine.raw_connection()
+        except exc.DBAPIError as error:
+            raise StoreUnavailableError(
+                f"cannot connect to {self!r}: {_first_line(error)}") from None
+        driver: Any = raw.driver_connection
+        postgres = self.dialect.name == "postgresql"
+        try:
+            if postgres:
+                driver.autocommit = True
+                try:
+                    yield driver
+                finally:
+                    driver.autocommit = False
+            else:
+                driver.execute("BEGIN IMMEDIATE")
+                try:
+                    yield driver
+                except BaseException:
+                    driver.execute("ROLLBACK")
+                    raise
+                driver.execute("COMMIT")
+        finally:
+            raw.close()
+
+    @contextmanager
     def autocommit(self) -> Iterator[Connection]:
         """A connection whose every statement commits on its own: one round trip for a
         single-statement write (a lone INSERT is atomic by itself)."""

@@ -96,12 +96,20 @@ class Dispatcher:
         done = Flushed()
         store = self.store
         fan_outs = [(job, spec, *self._fan_out_rows(job, spec, now)) for job, spec in suspends]
-        # Only checkpoints to write (a workflow's steady state): on PostgreSQL they are one
-        # statement, which commits by itself, one round trip instead of BEGIN ... COMMIT.
-        only_steps = not (writes or suspends or want) and store.dialect.name == "postgresql"
-        with store.autocommit() if only_steps else store.write() as conn:
-            rows = [(c.job_id, c.position, c.name, c.status, c.result, c.error, c.span,
-                     job.token) for job, c in checkpoints]
+        rows = [(c.job_id, c.position, c.name, c.status, c.result, c.error, c.span, job.token)
+                for job, c in checkpoints]
+        if not (writes or suspends or want):
+            # Only checkpoints to write (a workflow's steady state): one atomic write on a
+            # driver connection (on PostgreSQL one statement that commits by itself, one
+            # round trip instead of BEGIN ... COMMIT), then acknowledge.
+            with store.driver_write() as driver:
+                accepted = leases.save_checkpoints(driver, store.dialect, self.owner, rows, now)
+            done.acks = [(job, c.position, ok)
+                         for (job, c), ok in zip(checkpoints, accepted, strict=True)]
+            self.checkpoints = []
+            self.first_write_at = time.monotonic() if self.pending_writes else None
+            return done
+        with store.write() as conn:
             accepted = leases.save_checkpoints(conn, store.dialect, self.owner, rows, now)
             done.acks = [(job, c.position, ok)
                          for (job, c), ok in zip(checkpoints, accepted, strict=True)]

@@ -216,8 +216,8 @@ def test_renewed_lease_is_not_reclaimed(store: jobs.Store, queue: jobs.Queue) ->
 
 
 def save(store: jobs.Store, owner: str, rows: list[tuple[Any, ...]],
-         autocommit: bool = False) -> list[bool]:
-    with store.autocommit() if autocommit else store.write() as conn:
+         driver: bool = False) -> list[bool]:
+    with store.driver_write() if driver else store.write() as conn:
         return leases.save_checkpoints(conn, store.dialect, owner, rows, time.time())
 
 
@@ -250,13 +250,13 @@ def test_checkpoints_are_saved_only_under_the_claim_that_holds_the_lease(
     assert row(store, ours).checkpoints == 1 and row(store, other).checkpoints == 0
 
 
-def test_checkpoints_in_autocommit_are_atomic_per_statement(
-        store: jobs.Store, queue: jobs.Queue) -> None:
-    """The supervisor writes checkpoint-only batches outside a transaction (PostgreSQL)."""
+def test_checkpoints_on_a_driver_connection(store: jobs.Store, queue: jobs.Queue) -> None:
+    """The supervisor writes checkpoint-only batches through ``Store.driver_write()``: one
+    self-committing statement on PostgreSQL, BEGIN IMMEDIATE ... COMMIT on SQLite."""
     first, second = running(store, queue, "a"), running(store, queue, "b")
     rows = [step(first, 0, row(store, first).lease_token),
             step(second, 0, None, status="failed", result=None, error='{"type": "X"}')]
-    assert save(store, "w1", rows, autocommit=store.dialect.name == "postgresql") == [True, True]
+    assert save(store, "w1", rows, driver=True) == [True, True]
     assert stored_steps(store, second) == [(0, "s0", "failed", None, '{"type": "X"}', 1)]
     assert [row(store, j).checkpoints for j in (first, second)] == [1, 1]
     assert finish(store, "w1", [(first, Complete("null"))])
@@ -318,3 +318,17 @@ def test_two_steps_of_one_job_in_one_batch_count_twice(store: jobs.Store,
     assert save(store, "w1", [step(job_id, 0, token), step(job_id, 1, token)]) == [True, True]
     assert row(store, job_id).checkpoints == 2
     assert [s[0] for s in stored_steps(store, job_id)] == [0, 1]
+
+
+def test_driver_write_rolls_back_on_error(store: jobs.Store, queue: jobs.Queue) -> None:
+    job_id = running(store, queue)
+    token = row(store, job_id).lease_token
+    with pytest.raises(RuntimeError), store.driver_write() as driver:
+        assert leases.save_checkpoints(driver, store.dialect, "w1", [step(job_id, 0, token)],
+                                       time.time()) == [True]
+        if store.dialect.name == "sqlite":  # PostgreSQL's single statement is committed
+            raise RuntimeError("after the write")
+        raise RuntimeError("after the commit")
+    expected = [] if store.dialect.name == "sqlite" else [(0, "s0", "completed", "1", None, 1)]
+    assert stored_steps(store, job_id) == expected
+    assert save(store, "w1", [step(job_id, 1, token)], driver=True) == [True]  # usable again

@@ -135,14 +135,14 @@ class PostgreSQLDialect:
         # An INSERT's rowcount is only kept when asked for (SQLAlchemy 2: -1 otherwise).
         return conn.execute(stmt.execution_options(preserve_rowcount=True)).rowcount == 1
 
-    def save_steps(self, conn: Connection, owner: str, rows: list[tuple[Any, ...]],
+    def save_steps(self, driver: Any, owner: str, rows: list[tuple[Any, ...]],
                    now: float) -> list[bool]:
         """One statement for the whole batch: count the step on each job still ours
         (locking it, as the outcome writes do) and insert the steps of those jobs only."""
         columns = list(zip(*rows, strict=True))
         params = {"owner": owner, "now": now,
                   **{f"c{i}": list(values) for i, values in enumerate(columns)}}
-        with conn.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+        with driver.cursor() as cursor:
             cursor.execute(SAVE_STEPS, params)
             saved = {(job_id, position) for job_id, position in cursor.fetchall()}
         return [(row[0], row[1]) in saved for row in rows]

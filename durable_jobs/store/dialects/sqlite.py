@@ -137,12 +137,12 @@ class SQLiteDialect:
         # An INSERT's rowcount is only kept when asked for (SQLAlchemy 2: -1 otherwise).
         return conn.execute(stmt.execution_options(preserve_rowcount=True)).rowcount == 1
 
-    def save_steps(self, conn: Connection, owner: str, rows: list[tuple[Any, ...]],
+    def save_steps(self, driver: Any, owner: str, rows: list[tuple[Any, ...]],
                    now: float) -> list[bool]:
         """Count the step on each job still ours, then insert the steps of those jobs
         (BEGIN IMMEDIATE already keeps other writers out); driver calls, no SQLAlchemy
         statement machinery, since this is on every checkpoint's path."""
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor = driver.cursor()
         try:
             ok = [cursor.execute(COUNT_STEP, (job_id, owner, token, token)).fetchone()
                   is not None for job_id, *_rest, token in rows]
