@@ -1,0 +1,100 @@
+"""The dispatcher's flush, driven directly: claims, outcome writes and checkpoints against a
+real database, and what each flush reports for the loop to act on."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import select
+
+import durable_jobs as jobs
+from durable_jobs.engine.outcomes import Complete
+from durable_jobs.protocol import Checkpoint
+from durable_jobs.store.leases import Release
+from durable_jobs.store.schema import jobs as jobs_table
+from durable_jobs.store.schema import steps
+from durable_jobs.supervisor.dispatch import Dispatcher
+from durable_jobs.supervisor.pool import Running
+
+
+def dispatcher(store: jobs.Store, queue: jobs.Queue, owner: str = "sup-1") -> Dispatcher:
+    return Dispatcher(store, owner, queue.registry, 30.0, 0, ["default"])
+
+
+def claim(d: Dispatcher, n: int) -> list[Running]:
+    d.want["default"] = n
+    flushed = d.flush(time.time())
+    assert flushed.claimed == {"default": n}
+    return [d.ready["default"].popleft().job for _ in range(n)]
+
+
+def stored(store: jobs.Store, job_id: str) -> list[int]:
+    with store.read() as conn:  # a connection of its own: sees only committed rows
+        return list(conn.execute(select(steps.c.position).where(steps.c.job_id == job_id)
+                                 .order_by(steps.c.position)).scalars())
+
+
+@pytest.mark.timeout(30)
+def test_checkpoint_only_flush_is_committed_before_it_is_acknowledged(
+        store: jobs.Store, queue: jobs.Queue) -> None:
+    queue.register("wf", lambda args: None)
+    job_id = queue.enqueue("wf")
+    d = dispatcher(store, queue)
+    [job] = claim(d, 1)
+    for position in range(3):
+        d.add_checkpoint(job, Checkpoint(job_id, position, "step", "completed", "1", None, 1))
+        flushed = d.flush(time.time())
+        assert flushed.acks == [(job, position, True)] and flushed.claimed == {}
+        assert stored(store, job_id) == list(range(position + 1))
+    assert d.pending_writes == 0 and d.first_write_at is None
+
+
+@pytest.mark.timeout(30)
+def test_checkpoint_of_a_lost_lease_is_refused_and_not_stored(
+        store: jobs.Store, queue: jobs.Queue) -> None:
+    queue.register("wf", lambda args: None)
+    job_id = queue.enqueue("wf")
+    d = dispatcher(store, queue)
+    [job] = claim(d, 1)
+    queue.cancel(job_id)  # from another process, as far as the dispatcher knows
+    d.add_checkpoint(job, Checkpoint(job_id, 0, "step", "completed", "1", None, 1))
+    assert d.flush(time.time()).acks == [(job, 0, False)]
+    assert stored(store, job_id) == []
+
+
+@pytest.mark.timeout(30)
+def test_a_claim_finds_the_steps_of_a_job_that_has_them(
+        store: jobs.Store, queue: jobs.Queue) -> None:
+    """A job released with checkpoints is claimed again with its stored steps for replay."""
+    queue.register("wf", lambda args: None)
+    job_id = queue.enqueue("wf")
+    d = dispatcher(store, queue)
+    [job] = claim(d, 1)
+    d.add_checkpoint(job, Checkpoint(job_id, 0, "step", "completed", '"a"', None, 1))
+    d.flush(time.time())
+    d.add_write(job, Release())  # as a worker pause does
+    d.flush(time.time())
+    with store.read() as conn:
+        assert conn.execute(select(jobs_table.c.status).where(jobs_table.c.id == job_id)
+                            ).scalar_one() == "pending"
+    d.want["default"] = 1
+    d.flush(time.time())
+    ready = d.ready["default"].popleft()
+    assert ready.job.job_id == job_id
+    assert [(s.position, s.result) for s in ready.steps] == [(0, '"a"')]
+
+
+@pytest.mark.timeout(30)
+def test_outcomes_and_claims_share_one_flush(store: jobs.Store, queue: jobs.Queue) -> None:
+    queue.register("noop", lambda args: None)
+    ids = queue.enqueue_many([jobs.Sub("noop") for _ in range(5)])
+    d = dispatcher(store, queue)
+    first = claim(d, 2)
+    for job in first:
+        d.add_write(job, Complete("null"))
+    d.want["default"] = 3
+    flushed = d.flush(time.time())
+    assert [job.job_id for job, _w in flushed.applied] == [j.job_id for j in first]
+    assert flushed.claimed == {"default": 3}
+    assert [r.job.job_id for r in d.ready["default"]] == ids[2:]  # enqueue order (UUIDv7)
