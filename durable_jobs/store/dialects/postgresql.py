@@ -70,7 +70,9 @@ WITH v AS (
         SELECT count(*) FROM v AS mine WHERE mine.job_id = jobs.id
           AND (mine.token IS NULL OR mine.token = jobs.lease_token))
     FROM v
-    WHERE jobs.id = v.job_id AND jobs.lease_owner = %(owner)s AND jobs.status = 'running'
+    WHERE jobs.id = ANY(%(c0)s::varchar[])  -- the primary key finds the rows, whatever the
+      AND jobs.id = v.job_id                -- table's statistics say
+      AND jobs.lease_owner = %(owner)s AND jobs.status = 'running'
       AND (v.token IS NULL OR jobs.lease_token = v.token)
     RETURNING jobs.id, jobs.lease_token
 )
