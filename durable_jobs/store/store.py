@@ -172,35 +172,10 @@ class Store:
         with self._connect(read=True) as conn, conn.begin():
             yield conn
 
-    def execute_autocommit(self, sql: str, params: tuple[Any, ...]) -> None:
-        """Run one driver-level statement that commits by itself: the enqueue fast path
-        (one round trip on PostgreSQL, no SQLAlchemy statement machinery)."""
-        try:
-            raw = self.engine.raw_connection()
-        except exc.DBAPIError as error:
-            raise StoreUnavailableError(
-                f"cannot connect to {self!r}: {_first_line(error)}") from None
-        try:
-            driver = raw.driver_connection
-            postgres = self.dialect.name == "postgresql"
-            if postgres:
-                driver.autocommit = True  # type: ignore[union-attr]
-            try:
-                cursor = raw.cursor()
-                cursor.execute(sql, params)
-                cursor.close()
-            finally:
-                if postgres:
-                    driver.autocommit = False  # type: ignore[union-attr]
-        finally:
-            raw.close()
-
     @contextmanager
-    def driver_write(self) -> Iterator[Any]:
-        """A pooled driver connection for one write that must be atomic: ``BEGIN IMMEDIATE``
-        ... ``COMMIT`` on SQLite; autocommit on PostgreSQL, so only a write made of ONE
-        statement belongs here. No SQLAlchemy transaction machinery: this is the path of
-        every workflow step's checkpoint."""
+    def _driver(self) -> Iterator[Any]:
+        """A pooled driver connection, in autocommit mode on PostgreSQL (SQLite's driver is
+        in autocommit already: we emit BEGIN ourselves)."""
         try:
             raw = self.engine.raw_connection()
         except exc.DBAPIError as error:
@@ -211,20 +186,39 @@ class Store:
         try:
             if postgres:
                 driver.autocommit = True
-                try:
-                    yield driver
-                finally:
+            try:
+                yield driver
+            finally:
+                if postgres:
                     driver.autocommit = False
-            else:
-                driver.execute("BEGIN IMMEDIATE")
-                try:
-                    yield driver
-                except BaseException:
-                    driver.execute("ROLLBACK")
-                    raise
-                driver.execute("COMMIT")
         finally:
             raw.close()
+
+    def execute_autocommit(self, sql: str, params: tuple[Any, ...]) -> None:
+        """Run one driver-level statement that commits by itself: the enqueue fast path
+        (one round trip on PostgreSQL, no SQLAlchemy statement machinery)."""
+        with self._driver() as driver:
+            cursor = driver.cursor()
+            cursor.execute(sql, params)
+            cursor.close()
+
+    @contextmanager
+    def driver_write(self) -> Iterator[Any]:
+        """A pooled driver connection for one write that must be atomic: ``BEGIN IMMEDIATE``
+        ... ``COMMIT`` on SQLite; autocommit on PostgreSQL, so only a write made of ONE
+        statement belongs here. No SQLAlchemy transaction machinery: this is the path of
+        every workflow step's checkpoint."""
+        with self._driver() as driver:
+            if self.dialect.name == "postgresql":
+                yield driver
+                return
+            driver.execute("BEGIN IMMEDIATE")
+            try:
+                yield driver
+            except BaseException:
+                driver.execute("ROLLBACK")
+                raise
+            driver.execute("COMMIT")
 
     @contextmanager
     def autocommit(self) -> Iterator[Connection]:

@@ -104,15 +104,13 @@ class Dispatcher:
             # round trip instead of BEGIN ... COMMIT), then acknowledge.
             with store.driver_write() as driver:
                 accepted = leases.save_checkpoints(driver, store.dialect, self.owner, rows, now)
-            done.acks = [(job, c.position, ok)
-                         for (job, c), ok in zip(checkpoints, accepted, strict=True)]
+            done.acks = _acks(checkpoints, accepted)
             self.checkpoints = []
             self.first_write_at = time.monotonic() if self.pending_writes else None
             return done
         with store.write() as conn:
             accepted = leases.save_checkpoints(conn, store.dialect, self.owner, rows, now)
-            done.acks = [(job, c.position, ok)
-                         for (job, c), ok in zip(checkpoints, accepted, strict=True)]
+            done.acks = _acks(checkpoints, accepted)
             applied = leases.finish(conn, store.dialect, self.owner,
                                     [(j.job_id, w) for j, w in writes], now,
                                     [j.token for j, _ in writes])
@@ -201,3 +199,8 @@ def _running(row: Any) -> Running:
 
 def _stored(row: Any) -> StoredStep:
     return StoredStep(row.position, row.name, row.status, row.result, row.error, row.span)
+
+
+def _acks(checkpoints: list[tuple[Running, Checkpoint]],
+          accepted: list[bool]) -> list[tuple[Running, int, bool]]:
+    return [(job, c.position, ok) for (job, c), ok in zip(checkpoints, accepted, strict=True)]

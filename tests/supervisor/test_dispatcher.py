@@ -29,6 +29,15 @@ def claim(d: Dispatcher, n: int) -> list[Running]:
     return [d.ready["default"].popleft().job for _ in range(n)]
 
 
+def claimed_workflow(store: jobs.Store, queue: jobs.Queue) -> tuple[Dispatcher, str, Running]:
+    """A dispatcher holding the lease of one freshly enqueued job."""
+    queue.register("wf", lambda args: None)
+    job_id = queue.enqueue("wf")
+    d = dispatcher(store, queue)
+    [job] = claim(d, 1)
+    return d, job_id, job
+
+
 def stored(store: jobs.Store, job_id: str) -> list[int]:
     with store.read() as conn:  # a connection of its own: sees only committed rows
         return list(conn.execute(select(steps.c.position).where(steps.c.job_id == job_id)
@@ -38,10 +47,7 @@ def stored(store: jobs.Store, job_id: str) -> list[int]:
 @pytest.mark.timeout(30)
 def test_checkpoint_only_flush_is_committed_before_it_is_acknowledged(
         store: jobs.Store, queue: jobs.Queue) -> None:
-    queue.register("wf", lambda args: None)
-    job_id = queue.enqueue("wf")
-    d = dispatcher(store, queue)
-    [job] = claim(d, 1)
+    d, job_id, job = claimed_workflow(store, queue)
     for position in range(3):
         d.add_checkpoint(job, Checkpoint(job_id, position, "step", "completed", "1", None, 1))
         flushed = d.flush(time.time())
@@ -53,10 +59,7 @@ def test_checkpoint_only_flush_is_committed_before_it_is_acknowledged(
 @pytest.mark.timeout(30)
 def test_checkpoint_of_a_lost_lease_is_refused_and_not_stored(
         store: jobs.Store, queue: jobs.Queue) -> None:
-    queue.register("wf", lambda args: None)
-    job_id = queue.enqueue("wf")
-    d = dispatcher(store, queue)
-    [job] = claim(d, 1)
+    d, job_id, job = claimed_workflow(store, queue)
     queue.cancel(job_id)  # from another process, as far as the dispatcher knows
     d.add_checkpoint(job, Checkpoint(job_id, 0, "step", "completed", "1", None, 1))
     assert d.flush(time.time()).acks == [(job, 0, False)]
@@ -67,10 +70,7 @@ def test_checkpoint_of_a_lost_lease_is_refused_and_not_stored(
 def test_a_claim_finds_the_steps_of_a_job_that_has_them(
         store: jobs.Store, queue: jobs.Queue) -> None:
     """A job released with checkpoints is claimed again with its stored steps for replay."""
-    queue.register("wf", lambda args: None)
-    job_id = queue.enqueue("wf")
-    d = dispatcher(store, queue)
-    [job] = claim(d, 1)
+    d, job_id, job = claimed_workflow(store, queue)
     d.add_checkpoint(job, Checkpoint(job_id, 0, "step", "completed", '"a"', None, 1))
     d.flush(time.time())
     d.add_write(job, Release())  # as a worker pause does
