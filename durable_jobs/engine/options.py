@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,6 +39,40 @@ def _json_default(value: object) -> Any:
 
 
 _ENCODER = json.JSONEncoder(default=_json_default, separators=(",", ":"), allow_nan=False)
+_local = threading.local()
+try:
+    from _json import encode_basestring_ascii, make_encoder
+
+    _NO_C_ENCODER = False
+except ImportError:  # pragma: no cover - not CPython
+    _NO_C_ENCODER = True
+
+
+def _c_encoder() -> Any:
+    """This thread's C encoder with ``_ENCODER``'s settings, made once and reused.
+
+    ``JSONEncoder.encode`` builds a new C encoder on every call, which costs more than
+    encoding a small payload. The encoder's circular-reference markers are per thread, and
+    an encoder that raised is dropped (its markers may be left half-filled).
+    """
+    encoder = getattr(_local, "encoder", None)
+    if encoder is None:
+        encoder = _local.encoder = make_encoder(
+            {}, _json_default, encode_basestring_ascii, None, ":", ",", False, False, False)
+    return encoder
+
+
+def _encode(value: Any) -> str:
+    if _NO_C_ENCODER:  # an interpreter without CPython's C accelerator
+        return _ENCODER.encode(value)
+    encoder, done = _c_encoder(), False
+    try:
+        text = "".join(encoder(value, 0))
+        done = True
+    finally:
+        if not done:
+            _local.encoder = None
+    return text
 
 
 def encode_json(value: Any, what: str = "args") -> str:
@@ -46,7 +81,7 @@ def encode_json(value: Any, what: str = "args") -> str:
     Raises TypeError naming the offending type, or PayloadTooLargeError over 1 MiB.
     """
     try:
-        text = _ENCODER.encode(value)
+        text = _encode(value)
     except ValueError as exc:  # NaN / Infinity, circular references
         raise TypeError(f"{what}: not valid JSON: {exc}") from None
     except TypeError as exc:

@@ -20,6 +20,7 @@ import durable_jobs as jobs
 from durable_jobs.engine.outcomes import Complete, Fail
 from durable_jobs.store import jobs as job_rows
 from durable_jobs.store import leases
+from durable_jobs.store.dialects.common import INSERT_COLUMNS
 from durable_jobs.store.schema import jobs as jobs_table
 
 ERR = jobs.JobError("myapp.errors.Declined", "card declined", "Traceback ...")
@@ -160,6 +161,39 @@ def test_enqueue_many(store: jobs.Store, queue: jobs.Queue) -> None:
     assert {queue.get(i).status for i in ids} == {jobs.Status.PENDING}
     assert queue.enqueue_many([]) == []
     assert queue.enqueue_many(iter([jobs.Sub("gen")])) != []
+
+
+def test_bulk_insert_keeps_every_column_of_mixed_rows(store: jobs.Store) -> None:
+    """Rows of several shapes in one bulk insert (SQLite binds only a row's varying columns
+    and writes the rest as literals, one statement per shape): every column reads back as
+    written, including values that have no exact literal (a NaN-free infinity, a quote)."""
+    now = time.time()
+    base = ("item", "default", "{}", "pending", 0, 0, 4, 3600.0, None, now, None, None,
+            None, None, 0, now)
+    shapes = [
+        base,
+        ("other", "batch", "[1]", "pending", -3, 0, 1, 0.25, 2.5, now + 0.125, None, None,
+         None, None, 0, now),
+        ("item", "default", '"x"', "pending", 0, 0, 4, float("inf"), None, now, None, None,
+         None, None, 0, now),
+        ("it'em", "q'ueue", "null", "pending", 7, 0, 2, 1e-300, 1 / 3, now, "k'ey", None,
+         None, None, 0, now),
+        ("sub", "default", "2", "pending", 0, 0, 4, 3600.0, None, now, None, "p" * 36,
+         "f" * 36, 0, 0, now),
+    ]
+    rows = []
+    for n, shape in enumerate(shapes * 4):
+        job_id = f"{n:08d}-0000-7000-8000-000000000000"
+        fan_out_index = n if shape[12] is not None else None
+        key = None if shape[10] is None else f"{shape[10]}{n}"
+        rows.append((job_id, *shape[:10], key, shape[11], shape[12], fan_out_index,
+                     *shape[14:]))
+    with store.write() as conn:
+        job_rows.insert_many(conn, store.dialect, iter(rows))
+    columns = [jobs_table.c[name] for name in INSERT_COLUMNS]
+    with store.read() as conn:
+        stored = [tuple(r) for r in conn.execute(select(*columns).order_by(jobs_table.c.id))]
+    assert stored == rows
 
 
 BAD_SUBS = [jobs.Sub("bad name"), jobs.Sub("item", {1, 2}), jobs.Sub("item", "x" * (1 << 20)),

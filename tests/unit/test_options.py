@@ -225,3 +225,77 @@ def test_job_ids_are_reserved_when_asked_for_not_when_read() -> None:
     later = list(second)
     earlier = list(first)
     assert earlier + later == sorted(earlier + later)
+
+
+@pytest.mark.parametrize(
+    ("ms", "counter", "count"),
+    [
+        (1_790_000_000_000, 5, 1_000),  # one run
+        (1_790_000_000_000, (1 << 18) - 300, 1_000),  # the counter's low 18 bits wrap
+        (1_790_000_000_000, (1 << 30) - 500, 1_000),  # the counter is full: next millisecond
+        (1_790_000_000_000, 0, 64),  # the smallest batch made by columns
+    ],
+)
+def test_ids_made_by_columns_match_ids_made_one_at_a_time(ms: int, counter: int,
+                                                          count: int) -> None:
+    """Big batches format ids a column at a time; they must be the very ids the simple
+    formatter makes (all but the random bits), in order, valid and distinct."""
+    import uuid
+
+    from durable_jobs.engine.rows import _format_by_columns, _format_ids
+
+    simple = list(_format_ids(count, ms, counter))
+    by_columns = list(_format_by_columns(count, ms, counter))
+    assert [i[:25] for i in by_columns] == [i[:25] for i in simple]
+    assert by_columns == sorted(by_columns) and len(set(by_columns)) == count
+    for job_id in by_columns:
+        parsed = uuid.UUID(job_id)
+        assert str(parsed) == job_id and parsed.version == 7
+        assert parsed.variant == uuid.RFC_4122
+    randoms = {job_id[25:] for job_id in by_columns}
+    assert len(randoms) == count  # 44 random bits each: a repeat here means a bug
+
+
+def test_encoder_recovers_after_a_failed_encode() -> None:
+    """The reused encoder's circular-reference markers must not outlive a failed call: the
+    C encoder leaves the containers on the failing path marked."""
+    for bad in (object(), float("nan")):
+        box: list[object] = [bad]
+        with pytest.raises(TypeError):
+            encode_json({"box": box})
+        box[0] = 1
+        assert encode_json({"box": box}) == '{"box":[1]}'
+
+
+def test_encoding_the_same_object_in_threads_at_once() -> None:
+    """Several threads encoding one object: no false circular reference (per-thread
+    encoders), the same text everywhere."""
+    import threading
+
+    class Yielding(int):
+        def __deepcopy__(self, memo: object) -> int:
+            time.sleep(0)  # let other threads run while a dataclass is converted
+            return int(self)
+
+    @dataclasses.dataclass
+    class Leaf:
+        value: int
+
+    payload = {"items": [Leaf(Yielding(i)) for i in range(200)], "nested": [[1], {"x": None}]}
+    expected = encode_json(payload)
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def encode() -> None:
+        try:
+            for _ in range(50):
+                results.append(encode_json(payload))
+        except BaseException as error:  # recorded for the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=encode) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors and results == [expected] * 200
