@@ -182,3 +182,6 @@ def resolve(call: HandlerOptions, registered: HandlerOptions | None) -> Resolved
         timeout=pick("timeout", None),
         max_backoff=float(pick("max_backoff", DEFAULT_MAX_BACKOFF)),
     )
+
+
+NO_OPTIONS = HandlerOptions()  # an enqueue call that sets none

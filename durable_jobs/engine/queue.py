@@ -25,6 +25,7 @@ from durable_jobs.engine.fanout import Sub
 from durable_jobs.engine.job import TERMINAL, Job, PauseMode, Status, to_datetime
 from durable_jobs.engine.lazy import LazyModule
 from durable_jobs.engine.options import (
+    NO_OPTIONS,
     HandlerOptions,
     check_name,
     decode_json,
@@ -158,8 +159,12 @@ class Queue:
         """Add one job; returns its id. See API.md §3."""
         now = time.time()
         when = to_epoch(run_at) if run_at is not None else now + (to_seconds(delay, "delay") or 0)
-        call = HandlerOptions(retries, to_seconds(timeout, "timeout"), queue, priority,
-                              to_seconds(max_backoff, "max_backoff"))
+        if retries is None and timeout is None and queue is None and priority is None \
+                and max_backoff is None:
+            call = NO_OPTIONS
+        else:
+            call = HandlerOptions(retries, to_seconds(timeout, "timeout"), queue, priority,
+                                  to_seconds(max_backoff, "max_backoff"))
         if unique is not None and not isinstance(unique, str):
             raise TypeError(f"unique must be a str, got {type(unique).__name__}")
         if unique is not None and not 0 < len(unique) <= 255:

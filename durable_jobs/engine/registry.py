@@ -67,6 +67,9 @@ class Registry:
 
     def __init__(self) -> None:
         self.handlers: dict[str, Handler] = {}
+        #: Resolved options by (name, enqueue options), kept by ``engine.rows``; a new
+        #: registration clears them.
+        self.shapes: dict[tuple[str, HandlerOptions], Any] = {}
 
     def add(self, name: str, fn: Callable[..., Any], options: HandlerOptions) -> Handler:
         check_name(name)
@@ -75,6 +78,7 @@ class Registry:
         handler = Handler(name, fn, options, arg_dataclass(fn),
                           asyncio.iscoroutinefunction(fn))
         self.handlers[name] = handler
+        self.shapes.clear()
         return handler
 
     def get(self, name: str) -> Handler:

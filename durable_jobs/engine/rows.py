@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from durable_jobs.engine.fanout import Sub
 from durable_jobs.engine.options import (
@@ -128,46 +128,61 @@ def build_row(
     fan_out_index: int | None = None,
 ) -> tuple[Any, ...]:
     """One row in ``store.dialects.common.INSERT_COLUMNS`` order; validates everything first."""
-    check_name(name)
-    handler = registry.find(name)
-    if handler is not None and handler.arg_type is not None:
-        coerce_args(handler, args)
-    opts = resolve(call, handler.options if handler else None)
-    return (
-        new_id(), name, opts.queue, encode_json(args), "pending", opts.priority, 0,
-        opts.max_attempts, opts.max_backoff, opts.timeout, run_at, unique, parent_id,
-        fan_out_id, fan_out_index, 0, now,
-    )
+    known = registry.shapes.get((name, call)) if isinstance(name, str) else None
+    shape = known or _remember_shape(registry, name, call)
+    if shape.typed:
+        coerce_args(registry.handlers[name], args)
+    return (new_id(), name, shape.queue, encode_json(args), *shape.options, run_at, unique,
+            parent_id, fan_out_id, fan_out_index, 0, now)
 
 
 def iter_rows(registry: Registry, items: list[Sub], now: float) -> Iterator[tuple[Any, ...]]:
     """Rows for many jobs at ``now``, one at a time so they can stream into COPY as they
     are made; options are resolved once per distinct job shape."""
-    shapes: dict[tuple[Any, ...], tuple[bool, tuple[Any, ...], tuple[Any, ...]]] = {}
+    shapes: dict[tuple[Any, ...], Shape] = {}
     for job_id, sub in zip(new_ids(len(items)), items, strict=True):
         if not isinstance(sub, Sub):
             raise TypeError(f"expected jobs.Sub items, got {type(sub).__name__}")
-        key = _sub_shape(sub)
-        shape = shapes.get(key) or shapes.setdefault(key, _resolve_shape(registry, sub, now))
-        typed, head, tail = shape
-        if typed:
+        key = _sub_options(sub)
+        shape = shapes.get(key) or shapes.setdefault(key, _sub_shape(registry, sub))
+        if shape.typed:
             coerce_args(registry.handlers[sub.name], sub.args)
-        yield (job_id, *head, encode_json(sub.args), *tail)
+        yield (job_id, sub.name, shape.queue, encode_json(sub.args), *shape.options, now,
+               None, None, None, None, 0, now)
 
 
-_sub_shape = operator.attrgetter("name", "retries", "timeout", "queue", "priority")
+class Shape(NamedTuple):
+    """What rows of one job name and one set of options share: whether args are coerced
+    to the handler's dataclass, the queue, and the columns from ``status`` to ``timeout``."""
+
+    typed: bool
+    queue: str
+    options: tuple[Any, ...]
 
 
-def _resolve_shape(registry: Registry, sub: Sub, now: float
-                   ) -> tuple[bool, tuple[Any, ...], tuple[Any, ...]]:
-    """For the rows of subs like ``sub``: whether args are coerced to a handler's type, and
-    the columns before and after ``args``."""
-    check_name(sub.name)
-    handler = registry.find(sub.name)
+_sub_options = operator.attrgetter("name", "retries", "timeout", "queue", "priority")
+_REMEMBERED = 1024  # shapes kept per registry; a producer rarely uses more
+
+
+def _remember_shape(registry: Registry, name: str, call: HandlerOptions) -> Shape:
+    shape = resolve_shape(registry, name, call)
+    if len(registry.shapes) >= _REMEMBERED:
+        registry.shapes.clear()
+    registry.shapes[name, call] = shape
+    return shape
+
+
+def _sub_shape(registry: Registry, sub: Sub) -> Shape:
     call = HandlerOptions(sub.retries, to_seconds(sub.timeout, "timeout"), sub.queue,
                           sub.priority)
+    return resolve_shape(registry, sub.name, call)
+
+
+def resolve_shape(registry: Registry, name: str, call: HandlerOptions) -> Shape:
+    """The shape of jobs ``name`` enqueued with ``call``: checks the name, resolves options."""
+    check_name(name)
+    handler = registry.find(name)
     opts = resolve(call, handler.options if handler else None)
-    typed = handler is not None and handler.arg_type is not None
-    return (typed, (sub.name, opts.queue),
-            ("pending", opts.priority, 0, opts.max_attempts, opts.max_backoff, opts.timeout,
-             now, None, None, None, None, 0, now))
+    return Shape(handler is not None and handler.arg_type is not None, opts.queue,
+                 ("pending", opts.priority, 0, opts.max_attempts, opts.max_backoff,
+                  opts.timeout))

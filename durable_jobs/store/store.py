@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 
 from durable_jobs.engine.errors import StoreUnavailableError
 from durable_jobs.store.dialects import Dialect, for_engine
+from durable_jobs.store.direct import IDLE_PING, Direct, DirectConnections
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,6 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(orig).__name__
 
 
-IDLE_PING = 10.0  # seconds a pooled connection may sit unused before it is checked
 
 
 def _ping_when_idle(engine: Engine) -> None:
@@ -88,12 +88,14 @@ class Store:
         self._pool = pool or DEFAULT_POOL
         self._engine: Engine | None = None
         self._dialect: Dialect | None = None
+        self._direct: DirectConnections | None = None
         self._pid = os.getpid()
         if isinstance(url, Engine):
             self._engine = url
             self.url = url.url.render_as_string(hide_password=False)
             self._dialect = for_engine(url)
             self._dialect.configure(url)
+            self._direct = DirectConnections(url, self._pool.size)
         else:
             try:
                 parsed = make_url(url)
@@ -143,6 +145,7 @@ class Store:
         )
         self._dialect = for_engine(engine)
         self._dialect.configure(engine)
+        self._direct = DirectConnections(engine, pool.size)
         if url.get_backend_name() == "postgresql":
             _ping_when_idle(engine)
         return engine
@@ -173,42 +176,37 @@ class Store:
             yield conn
 
     @contextmanager
-    def _driver(self) -> Iterator[Any]:
-        """A pooled driver connection, in autocommit mode on PostgreSQL (SQLite's driver is
-        in autocommit already: we emit BEGIN ourselves)."""
+    def _direct_connection(self) -> Iterator[Direct]:
+        """A kept driver connection (see ``store.direct``), autocommit on PostgreSQL."""
+        self.engine  # noqa: B018 - (re)creates the kept connections with the engine
+        kept = self._direct
+        assert kept is not None
         try:
-            raw = self.engine.raw_connection()
+            direct = kept.take()
         except exc.DBAPIError as error:
             raise StoreUnavailableError(
                 f"cannot connect to {self!r}: {_first_line(error)}") from None
-        driver: Any = raw.driver_connection
-        postgres = self.dialect.name == "postgresql"
         try:
-            if postgres:
-                driver.autocommit = True
-            try:
-                yield driver
-            finally:
-                if postgres:
-                    driver.autocommit = False
-        finally:
-            raw.close()
+            yield direct
+        except BaseException:
+            kept.discard(direct)  # its state is unknown
+            raise
+        kept.give_back(direct)
 
     def execute_autocommit(self, sql: str, params: tuple[Any, ...]) -> None:
         """Run one driver-level statement that commits by itself: the enqueue fast path
-        (one round trip on PostgreSQL, no SQLAlchemy statement machinery)."""
-        with self._driver() as driver:
-            cursor = driver.cursor()
-            cursor.execute(sql, params)
-            cursor.close()
+        (one round trip on PostgreSQL, no SQLAlchemy statement or pool machinery)."""
+        with self._direct_connection() as direct:
+            direct.cursor.execute(sql, params)
 
     @contextmanager
     def driver_write(self) -> Iterator[Any]:
-        """A pooled driver connection for one write that must be atomic: ``BEGIN IMMEDIATE``
+        """A kept driver connection for one write that must be atomic: ``BEGIN IMMEDIATE``
         ... ``COMMIT`` on SQLite; autocommit on PostgreSQL, so only a write made of ONE
         statement belongs here. No SQLAlchemy transaction machinery: this is the path of
         every workflow step's checkpoint."""
-        with self._driver() as driver:
+        with self._direct_connection() as direct:
+            driver = direct.driver
             if self.dialect.name == "postgresql":
                 yield driver
                 return
@@ -252,5 +250,7 @@ class Store:
 
     def dispose(self) -> None:
         """Close pooled connections."""
+        if self._direct is not None:
+            self._direct.close()
         if self._engine is not None:
             self._engine.dispose()

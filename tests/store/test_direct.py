@@ -1,0 +1,110 @@
+"""The driver connections a Store keeps beside SQLAlchemy's pool (``store.direct``), on
+SQLite and PostgreSQL: reused while healthy, thrown away after a failed use, checked after
+sitting idle, closed by ``dispose``, and never more kept than the pool's size."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+import durable_jobs as jobs
+from durable_jobs.store import direct as direct_module
+
+
+def kept_drivers(store: jobs.Store) -> list[object]:
+    assert store._direct is not None
+    return [kept.driver for kept in store._direct._idle]
+
+
+def test_enqueues_reuse_one_kept_connection(store: jobs.Store, queue: jobs.Queue) -> None:
+    queue.enqueue("a")
+    (first,) = kept_drivers(store)
+    for i in range(20):
+        queue.enqueue("a", i)
+    assert kept_drivers(store) == [first]
+    assert queue.get(queue.enqueue("a", "last")).args == "last"
+
+
+def test_a_failed_statement_throws_its_connection_away(store: jobs.Store,
+                                                       queue: jobs.Queue) -> None:
+    job_id = queue.enqueue("a")
+    (first,) = kept_drivers(store)
+    with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)):  # the same id
+        store.execute_autocommit(store.dialect.insert_sql, _row_like(queue, job_id))
+    assert first not in kept_drivers(store)
+    second = queue.enqueue("a", "after")
+    assert queue.get(second).args == "after"
+    with store.read() as conn:
+        assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 2
+
+
+def _row_like(queue: jobs.Queue, job_id: str) -> tuple[object, ...]:
+    from durable_jobs.engine.options import NO_OPTIONS
+    from durable_jobs.engine.rows import build_row
+
+    now = time.time()
+    return (job_id, *build_row(queue.registry, "a", None, NO_OPTIONS, now, now)[1:])
+
+
+def test_a_checkpoint_write_that_raises_rolls_back_and_drops_the_connection(
+        store: jobs.Store) -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        with store.driver_write() as driver:
+            before = kept_drivers(store)
+            driver.execute("DELETE FROM jobs")
+            raise RuntimeError("boom")
+    assert before == [] and kept_drivers(store) == []
+    with store.driver_write() as driver:  # a fresh one works
+        cursor = driver.cursor()
+        cursor.execute("SELECT count(*) FROM jobs")
+        assert cursor.fetchone()[0] == 0
+
+
+def test_a_connection_lost_while_idle_is_replaced(
+        store: jobs.Store, queue: jobs.Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    queue.enqueue("a")
+    (first,) = kept_drivers(store)
+    first.close()  # type: ignore[attr-defined]  # as a server restart would leave it
+    monkeypatch.setattr(direct_module, "IDLE_PING", 0.0)  # checked before every use
+    job_id = queue.enqueue("a", "after the loss")
+    assert queue.get(job_id).args == "after the loss"
+    assert first not in kept_drivers(store)
+
+
+def test_dispose_closes_kept_connections(store: jobs.Store, queue: jobs.Queue) -> None:
+    queue.enqueue("a")
+    (first,) = kept_drivers(store)
+    store.dispose()
+    assert kept_drivers(store) == []
+    with pytest.raises((sqlite3.ProgrammingError, psycopg.OperationalError)):
+        first.cursor().execute("SELECT 1")  # type: ignore[attr-defined]
+    queue.enqueue("a", "after dispose")  # the store still works
+
+
+def test_no_more_are_kept_than_the_pool_size(db_url: str) -> None:
+    store = jobs.Store(db_url, pool=jobs.PoolConfig(size=2, max_overflow=2))
+    try:
+        queue = jobs.Queue(store)
+        queue.enqueue("a")  # creates the engine and its kept connections
+        start = threading.Barrier(6)
+
+        def enqueue_after_all_started() -> None:
+            assert store._direct is not None
+            taken = store._direct.take()
+            start.wait(timeout=30)  # six connections in use at once
+            store._direct.give_back(taken)
+
+        threads = [threading.Thread(target=enqueue_after_all_started) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert len(kept_drivers(store)) == 2
+        queue.enqueue("a")
+    finally:
+        store.dispose()
