@@ -108,3 +108,28 @@ def test_no_more_are_kept_than_the_pool_size(db_url: str) -> None:
         queue.enqueue("a")
     finally:
         store.dispose()
+
+
+def test_a_forked_child_leaves_the_parents_connections_alone(store: jobs.Store,
+                                                             queue: jobs.Queue) -> None:
+    """A child forked with the Store opens its own connections; the parent's kept ones
+    still work after the child used the store and exited."""
+    import os
+
+    queue.enqueue("a", "parent before")
+    (first,) = kept_drivers(store)
+    pid = os.fork()
+    if pid == 0:  # the child: enqueue through its own connections, then leave at once
+        code = 1
+        try:
+            queue.enqueue("a", "child")
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    queue.enqueue("a", "parent after")
+    assert kept_drivers(store) == [first]
+    with store.read() as conn:
+        assert sorted(conn.execute(text("SELECT args FROM jobs")).scalars()) == [
+            '"child"', '"parent after"', '"parent before"']
