@@ -68,8 +68,9 @@ class Registry:
     def __init__(self) -> None:
         self.handlers: dict[str, Handler] = {}
         #: Resolved options by (name, enqueue options), kept by ``engine.rows``; a new
-        #: registration clears them.
+        #: registration clears them and counts a new generation.
         self.shapes: dict[tuple[str, HandlerOptions], Any] = {}
+        self.generation = 0
 
     def add(self, name: str, fn: Callable[..., Any], options: HandlerOptions) -> Handler:
         check_name(name)
@@ -78,6 +79,7 @@ class Registry:
         handler = Handler(name, fn, options, arg_dataclass(fn),
                           asyncio.iscoroutinefunction(fn))
         self.handlers[name] = handler
+        self.generation += 1
         self.shapes.clear()
         return handler
 

@@ -165,14 +165,17 @@ _REMEMBERED = 1024  # shapes kept per registry; a producer rarely uses more
 
 
 def _remember_shape(registry: Registry, name: str, call: HandlerOptions) -> Shape:
+    generation = registry.generation
     shape = resolve_shape(registry, name, call)
     if len(registry.shapes) >= _REMEMBERED:
         registry.shapes.clear()
-    registry.shapes[name, call] = shape
+    if registry.generation == generation:  # not resolved against a registry since changed
+        registry.shapes[name, call] = shape
     return shape
 
 
 def _sub_shape(registry: Registry, sub: Sub) -> Shape:
+    check_name(sub.name)  # the name first: its error is the one to report
     call = HandlerOptions(sub.retries, to_seconds(sub.timeout, "timeout"), sub.queue,
                           sub.priority)
     return resolve_shape(registry, sub.name, call)

@@ -24,18 +24,21 @@ import time
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.pool import SingletonThreadPool, StaticPool
 
 IDLE_PING = 10.0  # seconds a kept connection may sit unused before it is checked
 
 
 class Direct:
-    """One kept driver connection (autocommit on PostgreSQL) and its cursor."""
+    """One driver connection (autocommit on PostgreSQL) and its cursor; ``pooled`` is the
+    pool's handle when it was borrowed from the pool for this one use instead of kept."""
 
-    __slots__ = ("driver", "cursor", "idle_since", "_errors")
+    __slots__ = ("driver", "cursor", "idle_since", "pooled", "_errors")
 
-    def __init__(self, driver: Any, errors: type[Exception]) -> None:
+    def __init__(self, driver: Any, errors: type[Exception], pooled: Any = None) -> None:
         self.driver = driver
         self._errors = errors  # the driver's own error class
+        self.pooled = pooled
         self.cursor = driver.cursor()
         self.idle_since = time.monotonic()
 
@@ -60,14 +63,23 @@ class Direct:
 
 
 class DirectConnections:
-    """Up to ``keep`` idle driver connections of ``engine``; more are opened when needed."""
+    """Up to ``keep`` driver connections of ``engine``, opened when first needed.
+
+    When all of them are in use, a caller borrows a connection from the engine's pool for
+    its one use (waiting as the pool makes it wait), so at most ``keep`` connections are
+    open beyond the pool's own limit. An engine whose pool is one shared connection (an
+    in-memory SQLite database) is always borrowed from: a second connection would see
+    another database.
+    """
 
     def __init__(self, engine: Engine, keep: int) -> None:
         self._engine = engine
-        self._keep = keep
+        shared = isinstance(engine.pool, StaticPool | SingletonThreadPool)
+        self._keep = 0 if shared else keep
         self._postgres = engine.dialect.name == "postgresql"
         self._errors: type[Exception] = engine.dialect.loaded_dbapi.Error
         self._idle: list[Direct] = []
+        self._open = 0  # kept connections, idle or in use
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -75,37 +87,72 @@ class DirectConnections:
         kept when given back)."""
         with self._lock:
             idle, self._idle = self._idle, []
+            self._open -= len(idle)
         for direct in idle:
             direct.close()
 
     def take(self) -> Direct:
-        """A kept connection for one use; raises the engine's error if none can be opened.
+        """A connection for one use; raises the engine's error if none can be opened.
         Give it back after a use that went well; ``discard`` it after one that raised."""
         now = time.monotonic()
         while True:
             with self._lock:
                 direct = self._idle.pop() if self._idle else None
+                opening = direct is None and self._open < self._keep
+                if opening:
+                    self._open += 1
             if direct is None:
-                return self._open()
+                return self._new() if opening else self._borrow()
             if direct.alive(now):
                 return direct
-            direct.close()
+            self.discard(direct)
 
     def give_back(self, direct: Direct) -> None:
+        if direct.pooled is not None:
+            self._return(direct)
+            return
         direct.idle_since = time.monotonic()
         with self._lock:
             if len(self._idle) < self._keep:
                 self._idle.append(direct)
                 return
+            self._open -= 1
         direct.close()
 
     def discard(self, direct: Direct) -> None:
+        if direct.pooled is not None:
+            direct.pooled.invalidate()  # the pool opens a fresh one in its place
+            return
+        with self._lock:
+            self._open -= 1
         direct.close()
 
-    def _open(self) -> Direct:
+    def _new(self) -> Direct:
+        try:
+            pooled = self._engine.raw_connection()
+            driver = pooled.driver_connection
+            pooled.detach()  # ours now: the pool opens another when it needs one
+            if self._postgres:
+                driver.autocommit = True  # type: ignore[union-attr]
+            return Direct(driver, self._errors)
+        except BaseException:
+            with self._lock:
+                self._open -= 1
+            raise
+
+    def _borrow(self) -> Direct:
         pooled = self._engine.raw_connection()
         driver = pooled.driver_connection
-        pooled.detach()  # ours now: the pool opens another when it needs one
         if self._postgres:
             driver.autocommit = True  # type: ignore[union-attr]
-        return Direct(driver, self._errors)
+        return Direct(driver, self._errors, pooled)
+
+    def _return(self, direct: Direct) -> None:
+        try:
+            if self._postgres:
+                direct.driver.autocommit = False
+            direct.cursor.close()
+        except self._errors:  # broken: the pool must not hand it out again
+            direct.pooled.invalidate()
+            return
+        direct.pooled.close()

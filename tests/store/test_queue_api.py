@@ -196,6 +196,19 @@ def test_bulk_insert_keeps_every_column_of_mixed_rows(store: jobs.Store) -> None
     assert stored == rows
 
 
+def test_enqueue_many_keeps_floats_exact_and_refuses_huge_ints(store: jobs.Store,
+                                                               queue: jobs.Queue) -> None:
+    """Options written as SQL literals must read back bit for bit (SQLite before 3.43 reads
+    some 17-digit literals one unit in the last place off), and an integer beyond 64 bits
+    fails as it does when bound, writing nothing."""
+    odd = [7902473.914984887, 0.1 + 0.2, 1e-7, 123456.78901234567]
+    ids = queue.enqueue_many([jobs.Sub("t", i, timeout=t) for i, t in enumerate(odd)])
+    assert [row(store, job_id).timeout for job_id in ids] == odd
+    with pytest.raises((OverflowError, psycopg.DataError, ValueError)):
+        queue.enqueue_many([jobs.Sub("t", 1), jobs.Sub("t", 2, priority=2**63)])
+    assert count_jobs(store) == len(odd)
+
+
 BAD_SUBS = [jobs.Sub("bad name"), jobs.Sub("item", {1, 2}), jobs.Sub("item", "x" * (1 << 20)),
             jobs.Sub("item", queue="1q"), jobs.Sub("item", retries=-1)]
 

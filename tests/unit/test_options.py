@@ -299,3 +299,35 @@ def test_encoding_the_same_object_in_threads_at_once() -> None:
     for thread in threads:
         thread.join(timeout=60)
     assert not errors and results == [expected] * 200
+
+
+def test_a_shape_resolved_before_a_registration_is_not_kept() -> None:
+    """An enqueue that resolved a job's options just before its handler was registered must
+    not leave those stale options cached for every later enqueue."""
+    from durable_jobs.engine import rows
+    from durable_jobs.engine.options import NO_OPTIONS
+    from durable_jobs.engine.registry import Registry
+
+    registry = Registry()
+    real = rows.resolve_shape
+
+    def register_meanwhile(reg: Registry, name: str, call: HandlerOptions) -> rows.Shape:
+        shape = real(reg, name, call)  # resolved without a handler...
+        reg.add(name, lambda args: None, HandlerOptions(queue="mail"))  # ...then one comes
+        return shape
+
+    rows.resolve_shape = register_meanwhile  # type: ignore[assignment]
+    try:
+        first = rows.build_row(registry, "email", None, NO_OPTIONS, 0.0, 0.0)
+    finally:
+        rows.resolve_shape = real  # type: ignore[assignment]
+    assert first[2] == "default"  # the racing call itself may use what it resolved
+    assert rows.build_row(registry, "email", None, NO_OPTIONS, 0.0, 0.0)[2] == "mail"
+
+
+def test_a_bad_job_name_is_reported_before_bad_options() -> None:
+    from durable_jobs.engine.registry import Registry
+    from durable_jobs.engine.rows import iter_rows
+
+    with pytest.raises(jobs.InvalidNameError):
+        list(iter_rows(Registry(), [jobs.Sub("bad name", timeout=-1)], 0.0))

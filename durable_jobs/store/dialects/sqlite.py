@@ -70,13 +70,27 @@ def _literal(value: Any) -> str | None:
     """``value`` as an SQL literal, or None where a literal could change it."""
     if value is None:
         return "NULL"
-    if isinstance(value, int):
-        return str(int(value))  # bool too
+    if isinstance(value, int):  # bool too; beyond 64 bits SQLite would store a REAL
+        return str(int(value)) if -(2**63) <= value < 2**63 else None
     if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else None
+        return _float_literal(value)
     if isinstance(value, str) and "\0" not in value:
         return "'" + value.replace("'", "''") + "'"
     return None
+
+
+def _float_literal(value: float) -> str | None:
+    """``repr(value)``, if SQLite reads it back as exactly ``value``: before 3.43 its text
+    to float conversion is sometimes one unit in the last place off."""
+    if not math.isfinite(value):
+        return None
+    text = repr(value)
+    check = sqlite3.connect(":memory:")
+    try:
+        exact = check.execute(f"SELECT {text}").fetchone()[0] == value
+    finally:
+        check.close()
+    return text if exact else None
 
 
 @functools.lru_cache(maxsize=256)
