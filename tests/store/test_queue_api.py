@@ -172,7 +172,8 @@ def test_bulk_insert_keeps_every_column_of_mixed_rows(store: jobs.Store) -> None
             None, None, 0, now)
     shapes = [
         base,
-        ("other", "batch", "[1]", "pending", -3, 0, 1, 0.25, 2.5, now + 0.125, None, None,
+        ("other", "batch", "[1]", "pending", -3, 0, 1, 7902473.914984887, 2.5, now + 0.125,
+         None, None,
          None, None, 0, now),
         ("item", "default", '"x"', "pending", 0, 0, 4, float("inf"), None, now, None, None,
          None, None, 0, now),
@@ -182,7 +183,7 @@ def test_bulk_insert_keeps_every_column_of_mixed_rows(store: jobs.Store) -> None
          "f" * 36, 0, 0, now),
     ]
     rows = []
-    for n, shape in enumerate(shapes * 4):
+    for n, shape in enumerate(shapes * 20):  # 20 rows a shape: SQLite binds only 5 columns
         job_id = f"{n:08d}-0000-7000-8000-000000000000"
         fan_out_index = n if shape[12] is not None else None
         key = None if shape[10] is None else f"{shape[10]}{n}"
@@ -201,11 +202,11 @@ def test_enqueue_many_keeps_floats_exact_and_refuses_huge_ints(store: jobs.Store
     """Options written as SQL literals must read back bit for bit (SQLite before 3.43 reads
     some 17-digit literals one unit in the last place off), and an integer beyond 64 bits
     fails as it does when bound, writing nothing."""
-    odd = [7902473.914984887, 0.1 + 0.2, 1e-7, 123456.78901234567]
+    odd = [7902473.914984887, 0.1 + 0.2, 1e-7, 123456.78901234567] * 20  # 20 of a shape
     ids = queue.enqueue_many([jobs.Sub("t", i, timeout=t) for i, t in enumerate(odd)])
     assert [row(store, job_id).timeout for job_id in ids] == odd
     with pytest.raises((OverflowError, psycopg.DataError, ValueError)):
-        queue.enqueue_many([jobs.Sub("t", 1), jobs.Sub("t", 2, priority=2**63)])
+        queue.enqueue_many([jobs.Sub("t", 1)] + [jobs.Sub("t", 2, priority=2**63)] * 20)
     assert count_jobs(store) == len(odd)
 
 

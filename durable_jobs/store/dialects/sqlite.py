@@ -64,6 +64,7 @@ _SHAPE_AT = tuple(i for i in range(len(INSERT_COLUMNS)) if i not in _VARYING_AT)
 _varying = operator.itemgetter(*_VARYING_AT)
 _shape = operator.itemgetter(*_SHAPE_AT)
 _BIND = {at: f"?{n}" for n, at in enumerate(_VARYING_AT, 1)}
+_SHAPED_MIN = 16  # rows of one shape from which a statement of its own pays
 
 
 def _literal(value: Any) -> str | None:
@@ -190,7 +191,9 @@ class SQLiteDialect:
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             for shape, values in groups.items():
-                sql = shaped_insert(shape)
+                # A few rows are cheaper to bind in full than a new statement is to prepare
+                # (each fan-out's rows have a shape of their own: its parent and fan-out id).
+                sql = shaped_insert(shape) if len(values) >= _SHAPED_MIN else None
                 if sql is None:
                     cursor.executemany(BULK_INSERT, (_whole(shape, v) for v in values))
                 else:
