@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
+import re
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -112,12 +113,17 @@ def _whole(shape: tuple[Any, ...], varying: tuple[Any, ...]) -> tuple[Any, ...]:
     """A full row in INSERT_COLUMNS order from its shape and its varying values."""
     row = dict(zip(_SHAPE_AT, shape, strict=True)) | dict(zip(_VARYING_AT, varying, strict=True))
     return tuple(row[at] for at in range(len(INSERT_COLUMNS)))
+# Numbered parameters (?1 id, ?2 owner, ?3 token, ?4 a, ?5 b, ?6 now) bound from a tuple:
+# pysqlite looks each named parameter up in a dict by a name it builds every time. A
+# statement takes as many values as its highest number (not every kind uses a, b or now).
 FINISH = {
-    kind: f"UPDATE jobs SET {change.format(a=':a', b=':b', now=':now')}, {CLEAR_LEASE} "
-          "WHERE id = :id AND lease_owner = :owner AND status = 'running' "
-          "AND (:token IS NULL OR lease_token = :token) RETURNING id, fan_out_id"
+    kind: f"UPDATE jobs SET {change.format(a='?4', b='?5', now='?6')}, {CLEAR_LEASE} "
+          "WHERE id = ?1 AND lease_owner = ?2 AND status = 'running' "
+          "AND (?3 IS NULL OR lease_token = ?3) RETURNING id, fan_out_id"
     for kind, change in FINISH_SET.items()
 }
+FINISH_PARAMS = {kind: max(int(n) for n in re.findall(r"\?(\d)", sql))
+                 for kind, sql in FINISH.items()}
 COUNT_STEP = ("UPDATE jobs SET checkpoints = checkpoints + 1 WHERE id = ? AND lease_owner = ? "
               "AND status = 'running' AND (? IS NULL OR lease_token = ?) RETURNING id")
 STEP_INSERT = ("INSERT INTO steps (job_id, position, name, status, result, error, span, "
@@ -232,12 +238,12 @@ class SQLiteDialect:
         """The outcomes of a kind, one guarded UPDATE each (driver calls: in-process, a
         statement costs microseconds); returns ``Finished`` rows for those it changed."""
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        sql = FINISH[kind]
+        sql, count = FINISH[kind], FINISH_PARAMS[kind]
         try:
             done = []
             for job_id, token, text_value, number in rows:
-                row = cursor.execute(sql, {"id": job_id, "owner": owner, "token": token,
-                                           "a": text_value, "b": number, "now": now}).fetchone()
+                params = (job_id, owner, token, text_value, number, now)[:count]
+                row = cursor.execute(sql, params).fetchone()
                 if row is not None:
                     done.append(Finished(row[0], row[1], token))
             return done
