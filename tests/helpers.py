@@ -47,3 +47,16 @@ def run_in_processes(target: Callable[..., None], args: list[tuple[Any, ...]],
                 proc.kill()
                 proc.join(timeout=10)
     return results
+
+
+def run_in_threads(target: Callable[[], None], count: int, timeout: float = 60.0) -> None:
+    """Run ``target`` in ``count`` threads at once; fail if one is still running after
+    ``timeout`` seconds (the target records its own results and errors)."""
+    import threading
+
+    threads = [threading.Thread(target=target, daemon=True) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+        assert not thread.is_alive(), f"a thread of {target.__name__} did not finish"

@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 import durable_jobs as jobs
 from durable_jobs.store import direct as direct_module
+from tests.helpers import run_in_threads
 
 
 def kept_drivers(store: jobs.Store) -> list[object]:
@@ -108,11 +109,7 @@ def test_no_more_are_kept_than_the_pool_size(db_url: str) -> None:
             start.wait(timeout=30)  # six connections in use at once
             kept.give_back(taken)
 
-        threads = [threading.Thread(target=use_while_all_in_use) for _ in range(6)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
+        run_in_threads(use_while_all_in_use, 6)
         assert sorted(borrowed) == [False, False, True, True, True, True]
         assert len(kept_drivers(store)) == 2
         assert store.engine.pool.checkedout() == 0  # type: ignore[attr-defined]

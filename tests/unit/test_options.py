@@ -270,7 +270,7 @@ def test_encoder_recovers_after_a_failed_encode() -> None:
 def test_encoding_the_same_object_in_threads_at_once() -> None:
     """Several threads encoding one object: no false circular reference (per-thread
     encoders), the same text everywhere."""
-    import threading
+    from tests.helpers import run_in_threads
 
     class Yielding(int):
         def __deepcopy__(self, memo: object) -> int:
@@ -293,11 +293,7 @@ def test_encoding_the_same_object_in_threads_at_once() -> None:
         except BaseException as error:  # recorded for the assertion below
             errors.append(error)
 
-    threads = [threading.Thread(target=encode) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    run_in_threads(encode, 4)
     assert not errors and results == [expected] * 200
 
 
