@@ -144,14 +144,11 @@ def _values(write: Write) -> tuple[str | None, float | None]:
     return None, None
 
 
-def _params(job_id: str, write: Write, now: float) -> dict[str, Any]:
-    if isinstance(write, Complete):
-        return {"b_id": job_id, "b_result": write.result, "b_now": now}
+def _params(job_id: str, write: Retry | Fail, now: float) -> dict[str, Any]:
+    """Parameters of the reaper's RETRY and FAIL statements."""
     if isinstance(write, Retry):
         return {"b_id": job_id, "b_run_at": write.run_at, "b_error": error_json(write.error)}
-    if isinstance(write, Fail):
-        return {"b_id": job_id, "b_error": error_json(write.error), "b_now": now}
-    return {"b_id": job_id}
+    return {"b_id": job_id, "b_error": error_json(write.error), "b_now": now}
 
 
 def _after_terminal(conn: Connection, dialect: Dialect,
@@ -200,13 +197,12 @@ def reclaim_expired(conn: Connection, dialect: Dialect, now: float,
         query = query.with_for_update(skip_locked=True)
     rows = conn.execute(query).all()
     items: list[tuple[Any, Write]] = []
+    by_kind: dict[type, list[dict[str, Any]]] = {Retry: [], Fail: []}
     for row in rows:
         error = JobError(LEASE_EXPIRED, f"lease held by supervisor {row.lease_owner} expired "
                                         "(the supervisor stopped heartbeating)")
-        write: Write = Fail(error) if row.attempt >= row.max_attempts else Retry(now, error)
+        write = Fail(error) if row.attempt >= row.max_attempts else Retry(now, error)
         items.append((row, write))
-    by_kind: dict[type, list[dict[str, Any]]] = {Retry: [], Fail: []}
-    for row, write in items:
         by_kind[type(write)].append(_params(row.id, write, now))
     if by_kind[Retry]:
         _executemany(conn, RETRY, by_kind[Retry])

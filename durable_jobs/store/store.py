@@ -39,8 +39,6 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(orig).__name__
 
 
-
-
 def _ping_when_idle(engine: Engine) -> None:
     """Check a pooled connection before use only if it sat idle for a while.
 
