@@ -88,6 +88,22 @@ CLEAR_LEASE = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
 Finished = collections.namedtuple("Finished", ("id", "fan_out_id", "token"))  # type: ignore[misc]
 
 
+def still_owned(rows: list[tuple[Any, ...]], owned: dict[str, tuple[Any, str | None]]
+                ) -> tuple[list[tuple[Any, ...]], list[Any]]:
+    """Of outcome rows ``(job_id, token, a, b)``, the first write of each job whose lease
+    we still hold (``owned``: job id -> (fan_out_id, lease_token), read under the write
+    lock), with a ``Finished`` row for each; a row whose token is None matches any claim."""
+    owned = dict(owned)
+    kept: list[tuple[Any, ...]] = []
+    done: list[Any] = []
+    for row in rows:
+        job_id, token = row[0], row[1]
+        if job_id in owned and token in (None, owned[job_id][1]):
+            kept.append(row)
+            done.append(Finished(job_id, owned.pop(job_id)[0], token))
+    return kept, done
+
+
 def row_dict(row: tuple[Any, ...]) -> dict[str, Any]:
     return dict(zip(INSERT_COLUMNS, row, strict=True))
 
