@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from durable_jobs.engine.durable import FanOutSpec, StoredStep
 from durable_jobs.engine.errors import JobError, ProtocolError
@@ -61,9 +61,10 @@ class Checkpoint:
     span: int
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """How an attempt ended: completed, failed, or suspended on a fan-out."""
+class Outcome(NamedTuple):
+    """How an attempt ended: completed, failed, or suspended on a fan-out. (Outcome and
+    Lease are named tuples, not dataclasses: one of each per job, and tuples are quicker
+    to build and to pickle.)"""
 
     job_id: str
     kind: str  # completed | failed | suspended
@@ -73,6 +74,13 @@ class Outcome:
     retry_after: float | None = None
     fan_out: FanOutSpec | None = None
     rss_mb: float = 0.0
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Several outcomes in the order their jobs ran (sent while more leases were queued)."""
+
+    outcomes: tuple[Outcome, ...]
 
 
 @dataclass(frozen=True)
@@ -105,8 +113,7 @@ class Init:
     silence_timeout: float = 30.0  # no supervisor traffic this long: the actor exits
 
 
-@dataclass(frozen=True)
-class Lease:
+class Lease(NamedTuple):
     """Run this job; ``steps`` are its stored checkpoints for replay."""
 
     job_id: str
@@ -152,8 +159,8 @@ class Stop:
     """Finish nothing more and exit (recycling, shutdown)."""
 
 
-MESSAGES = (Ready, Booted, BootFailed, Heartbeat, Checkpoint, Outcome, Revoked, Event, Init,
-            Lease, Leases, Revoke, CheckpointAck, Ping, Stop)
+MESSAGES = (Ready, Booted, BootFailed, Heartbeat, Checkpoint, Outcome, Outcomes, Revoked, Event,
+            Init, Lease, Leases, Revoke, CheckpointAck, Ping, Stop)
 
 
 def encode(message: Any) -> bytes:

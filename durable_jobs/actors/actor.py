@@ -5,6 +5,12 @@ One job at a time on the main thread. A heartbeat thread with its own socket bea
 supervisor: if the parent process changes (checked every beat) or the supervisor is silent
 for longer than its lease timeout, the actor exits at once, killing its job, so an orphan
 never runs a job without a lease owner.
+
+Sockets: the main thread receives on ``<id>``; after boot everything the actor says goes out
+in order on ``<id>.out`` (the :class:`Outbox`); heartbeats use ``<id>.hb``. While more leases
+are queued in the actor (prefetch), outcomes are held and sent together, for at most
+``HOLD_MAX`` seconds: the main thread sends them after a quick job, the heartbeat thread
+after a slow one, so a finished job is never reported late because the next one runs long.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ from durable_jobs.engine.registry import Registry
 
 INIT_TIMEOUT_MS = 60_000
 ORPHAN_EXIT = 70
+HOLD_MAX = 0.002  # seconds an outcome may wait to go out with the next ones
+MAX_HELD = 64  # outcomes per message
+CHECK_EVERY = 0.001  # seconds between looks at the socket while leases are queued
 
 
 @dataclass(frozen=True)
@@ -40,19 +49,81 @@ class ActorArgs:
     heartbeat_interval: float
 
 
+class Outbox:
+    """The socket everything goes out on after boot, in order, from the main thread or (held
+    outcomes only) from the heartbeat thread; a lock keeps the two apart."""
+
+    def __init__(self, context: zmq.Context[Any], args: ActorArgs) -> None:
+        self.socket = context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.IDENTITY, f"{args.actor_id}.out".encode())
+        self.socket.setsockopt(zmq.LINGER, 1000)
+        self.socket.connect(args.endpoint)
+        self.lock = threading.Lock()
+        self.held: list[p.Outcome] = []
+        self.held_since = 0.0
+        # Tells the heartbeat thread that outcomes are held, so it times their sending; only
+        # needed while it sleeps a whole beat (``sleeping``), not while it is timing a hold.
+        self.sleeping = False
+        self.wake_read, self.wake_write = os.pipe()
+        os.set_blocking(self.wake_read, False)
+        os.set_blocking(self.wake_write, False)
+
+    def send(self, message: Any) -> None:
+        """Send now, after whatever is held (the supervisor reads them in order)."""
+        with self.lock:
+            if self.held:
+                self._send_held()
+            self.socket.send(p.encode(message))
+
+    def hold(self, outcome: p.Outcome) -> None:
+        """Keep an outcome to send with the next ones (more leases are queued)."""
+        with self.lock:
+            now = time.monotonic()
+            if not self.held:
+                self.held_since = now
+            self.held.append(outcome)
+            if len(self.held) >= MAX_HELD or now - self.held_since >= HOLD_MAX:
+                self._send_held()
+            elif self.sleeping:  # (set before it re-checks ``due``: one of us sees the other)
+                self.sleeping = False
+                try:
+                    os.write(self.wake_write, b"h")
+                except BlockingIOError:
+                    pass  # the pipe is full of wake-ups already
+
+    def flush(self, older_than: float = 0.0) -> None:
+        """Send what is held (only if it has waited ``older_than`` seconds)."""
+        with self.lock:
+            if self.held and time.monotonic() - self.held_since >= older_than:
+                self._send_held()
+
+    def due(self) -> float | None:
+        """When the held outcomes must go out (monotonic), or None if none are held."""
+        return self.held_since + HOLD_MAX if self.held else None
+
+    def _send_held(self) -> None:
+        held, self.held = self.held, []
+        self.socket.send(p.encode(held[0] if len(held) == 1 else p.Outcomes(tuple(held))))
+
+    def close(self) -> None:
+        self.flush()
+        self.socket.close()
+
+
 class Channel:
-    """The main-thread socket, and the Runtime that handler steps talk through."""
+    """The main thread's sockets, and the Runtime that handler steps talk through."""
 
     def __init__(self, context: zmq.Context[Any], args: ActorArgs) -> None:
         self.socket = context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.IDENTITY, args.actor_id.encode())
         self.socket.setsockopt(zmq.LINGER, 1000)
         self.socket.connect(args.endpoint)
+        self.outbox = Outbox(context, args)
         self.job_id: str | None = None
         self.inbox: collections.deque[Any] = collections.deque()  # kept while awaiting an ack
 
     def send(self, message: Any) -> None:
-        self.socket.send(p.encode(message))
+        self.outbox.send(message)
 
     def recv(self) -> Any:
         return p.decode(self.socket.recv())
@@ -61,7 +132,7 @@ class Channel:
         """The next message: stashed ones first; ``None`` if none and not ``block``."""
         if self.inbox:
             return self.inbox.popleft()
-        if not block and not self.socket.poll(0):
+        if not block and not self.socket.get(zmq.EVENTS) & zmq.POLLIN:
             return None
         return self.recv()
 
@@ -82,6 +153,10 @@ class Channel:
         assert self.job_id is not None
         self.send(p.Event(self.job_id, kind, data))
 
+    def close(self) -> None:
+        self.outbox.close()
+        self.socket.close()
+
 
 class Watchdog(threading.Thread):
     """Heartbeats and the orphan check, on a socket of its own."""
@@ -99,6 +174,10 @@ class Watchdog(threading.Thread):
 
     def run(self) -> None:
         interval = self.args.heartbeat_interval
+        outbox = self.channel.outbox
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        poller.register(outbox.wake_read, zmq.POLLIN)
         last_heard = time.monotonic()
         while True:
             if os.getppid() != self.args.supervisor_pid:
@@ -106,16 +185,35 @@ class Watchdog(threading.Thread):
             self.socket.send(p.encode(p.Heartbeat(self.channel.job_id)))
             deadline = time.monotonic() + interval
             while (remaining := deadline - time.monotonic()) > 0:
-                if self.socket.poll(int(remaining * 1000) + 1):
-                    self.socket.recv()
-                    last_heard = time.monotonic()
+                if outbox.due() is None:
+                    outbox.sleeping = True  # from now on a hold wakes us
+                due = outbox.due()
+                if due is not None:  # held outcomes: wake when they must go out
+                    outbox.sleeping = False
+                    remaining = min(remaining, max(0.0, due - time.monotonic()))
+                for target, _ in poller.poll(int(remaining * 1000) + 1):
+                    if target is self.socket:
+                        self.socket.recv()
+                        last_heard = time.monotonic()
+                    else:
+                        _drain(outbox.wake_read)
+                outbox.flush(older_than=HOLD_MAX)
             if time.monotonic() - last_heard > self.silence_timeout:
                 os._exit(ORPHAN_EXIT)
 
 
+def _drain(fd: int) -> None:
+    try:
+        os.read(fd, 4096)
+    except BlockingIOError:
+        pass
+
+
 def boot(channel: Channel) -> tuple[Registry, p.Init]:
     """Say Ready, receive Init, load the handlers."""
-    channel.send(p.Ready(p.VERSION, os.getpid()))
+    # On the socket the Init must come back to: the supervisor's ROUTER knows it once this
+    # arrives (a reply to an identity it has not seen yet would be dropped).
+    channel.socket.send(p.encode(p.Ready(p.VERSION, os.getpid())))
     if not channel.socket.poll(INIT_TIMEOUT_MS):
         raise SystemExit("actor: no Init from the supervisor")
     init = channel.recv()
@@ -143,14 +241,23 @@ class JobLoop:
         self.registry = registry
         self.leases: collections.deque[p.Lease] = collections.deque()
         self.stopping = False
+        self.checked = 0.0
 
     def run(self) -> None:
         while not (self.stopping and not self.leases):
-            self.receive(block=not self.leases)
+            if not self.leases:
+                self.receive(block=True)
+            elif (now := time.monotonic()) - self.checked >= CHECK_EVERY:
+                # Between queued leases, look for revokes and more leases now and then:
+                # looking costs more than a quick job.
+                self.checked = now
+                self.receive(block=False)
             if self.leases:
                 self.run_one(self.leases.popleft())
 
     def receive(self, block: bool) -> None:
+        if block:
+            self.channel.outbox.flush()  # nothing left to run: what is held goes out now
         while (message := self.channel.next_message(block)) is not None:
             block = False
             if isinstance(message, p.Lease):
@@ -173,7 +280,11 @@ class JobLoop:
         self.channel.job_id = lease.job_id
         outcome = execute(lease, self.registry, self.channel)
         self.channel.job_id = None
-        if outcome is not None:
+        if outcome is None:
+            return
+        if self.leases:
+            self.channel.outbox.hold(outcome)  # more to run: send it with the next ones
+        else:
             self.channel.send(outcome)
 
 
@@ -190,5 +301,5 @@ def main(args: ActorArgs) -> None:
     registry, init = boot(channel)
     Watchdog(context, args, channel, init.silence_timeout).start()
     serve(channel, registry)
-    channel.socket.close()
+    channel.close()
     os._exit(0)

@@ -39,7 +39,7 @@ class Flushed:
     requested: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class Ready:
     """A claimed job and its stored steps, waiting for an idle actor."""
 
@@ -135,8 +135,10 @@ class Dispatcher:
         rows = leases.claim(conn, self.store.dialect, self.owner, queue, self.names, limit,
                             self.lease_timeout)
         with_steps = [r.id for r in rows if r.checkpoints]
-        steps = job_rows.load_steps(conn, with_steps) if with_steps else {}
-        return [Ready(_running(r), tuple(_stored(s) for s in steps.get(r.id, ()))) for r in rows]
+        if not with_steps:
+            return [Ready(_running(r), ()) for r in rows]
+        steps = job_rows.load_steps(conn, with_steps)
+        return [Ready(_running(r), tuple(map(_stored, steps.get(r.id, ())))) for r in rows]
 
     def _fan_out_rows(self, job: Running, spec: FanOutSpec,
                       now: float) -> tuple[dict[str, Any], list[tuple[Any, ...]]]:

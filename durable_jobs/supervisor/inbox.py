@@ -59,7 +59,8 @@ class Inbox:
                 actor.last_seen = now
             self.send(identity, p.Ping())
             return
-        actor = self.pool.actors.get(identity)
+        # After boot an actor speaks on "<id>.out" (in order) and listens on "<id>".
+        actor = self.pool.actors.get(identity[:-4] if identity.endswith(".out") else identity)
         if actor is None:
             log.warning("message from unknown actor %r dropped", identity)
             return
@@ -70,6 +71,9 @@ class Inbox:
         match message:
             case p.Outcome():
                 self.on_outcome(actor, message)
+            case p.Outcomes(outcomes=outcomes):
+                for outcome in outcomes:
+                    self.on_outcome(actor, outcome)
             case p.Revoked(job_id=job_id):
                 self.on_revoked(actor, job_id)
             case p.Checkpoint():

@@ -43,7 +43,7 @@ class QueueSettings:
     max_memory_mb: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Running:
     """A job on an actor (or claimed and waiting for one)."""
 

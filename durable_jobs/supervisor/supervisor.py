@@ -349,12 +349,14 @@ class Supervisor(Inbox, Control):
         for job, _spec, ok in flushed.suspended:
             if not ok:
                 log.warning("fan-out of job %s dropped: its lease was lost", job.job_id)
-        for job, write in flushed.applied:
-            self.hooks.written(job, write)
+        if self.hooks.wanted:
+            for job, write in flushed.applied:
+                self.hooks.written(job, write)
 
     def dispatch(self, now: float) -> None:
         if self.phase is not Phase.RUNNING or self.paused is not None:
             return
+        hooked = self.hooks.wanted
         for queue, ready in self.dispatcher.ready.items():
             if not ready:
                 continue
@@ -363,15 +365,18 @@ class Supervisor(Inbox, Control):
                 if not batch:
                     break
                 was_idle = not actor.jobs
+                leases = []
                 for item in batch:
-                    item.job.actor_id = actor.id
-                    actor.jobs.append(item.job)
-                    self.hooks.started(item.job)
+                    job = item.job
+                    job.actor_id = actor.id
+                    actor.jobs.append(job)
+                    leases.append(p.Lease(job.job_id, job.name, job.queue, job.args,
+                                          job.attempt, job.max_attempts, item.steps))
+                    if hooked:
+                        self.hooks.started(job)
                 if was_idle:
                     self._starts(actor.jobs[0], now)
                 actor.state = ActorState.BUSY
-                leases = [p.Lease(i.job.job_id, i.job.name, i.job.queue, i.job.args,
-                                  i.job.attempt, i.job.max_attempts, i.steps) for i in batch]
                 self.send(actor.id, leases[0] if len(leases) == 1 else p.Leases(tuple(leases)))
 
     def check_drained(self, now: float) -> None:
