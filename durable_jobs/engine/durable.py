@@ -16,7 +16,6 @@ supervisor; nothing here does I/O itself.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import json
 import threading
@@ -191,6 +190,8 @@ def run_handler(handler: Handler, args: Any) -> Any:
     value = coerce_args(handler, args)
     if not handler.is_async:
         return handler.fn(value)
+    import asyncio  # here: sync-only actors boot without it
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -199,6 +200,8 @@ def run_handler(handler: Handler, args: Any) -> Any:
 
 
 def _run_in_thread(handler: Handler, value: Any) -> Any:
+    import asyncio
+
     box: dict[str, Any] = {}
     context = contextvars.copy_context()
 

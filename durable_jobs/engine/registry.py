@@ -7,7 +7,6 @@ by value, so ``worker.run()`` from a script just works.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import importlib
 import inspect
@@ -77,7 +76,7 @@ class Registry:
         if not callable(fn):
             raise TypeError(f"handler for {name!r} is not callable: {fn!r}")
         handler = Handler(name, fn, options, arg_dataclass(fn),
-                          asyncio.iscoroutinefunction(fn))
+                          inspect.iscoroutinefunction(fn))
         self.handlers[name] = handler
         self.generation += 1
         self.shapes.clear()

@@ -15,10 +15,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+if TYPE_CHECKING:  # croniter loads on the first Cron: actors and CLIs need not pay for it
+    from croniter import croniter
 
 _DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _ALL_DAYS = frozenset(range(7))
@@ -184,11 +185,15 @@ class Cron(_Spec):
     def __post_init__(self) -> None:
         fields = self.expr.split() if isinstance(self.expr, str) else []
         alias = len(fields) == 1 and fields[0].startswith("@")
+        from croniter import croniter
+
         if not (len(fields) == 5 or alias) or not croniter.is_valid(self.expr):
             raise ValueError(f"invalid cron expression {self.expr!r}")
         _zone(self.tz)
 
     def _iter(self, t: float) -> croniter:
+        from croniter import croniter
+
         return croniter(self.expr, datetime.fromtimestamp(t, _zone(self.tz)))
 
     def next_fire_after(self, t: float) -> float:
