@@ -1,0 +1,112 @@
+"""Prefetch end to end, on SQLite and PostgreSQL: leases queued in an actor, outcomes sent in
+batches, revokes of queued leases. Real actor processes, real sockets, real databases.
+
+With ``prefetch`` > 0 an actor holds the outcomes of quick jobs while more leases are queued
+(``actors.actor.HOLD_MAX``): what these tests pin down is that nothing is held back by a slow
+job, lost, or run twice.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+import durable_jobs as jobs
+from tests.helpers import wait_until
+from tests.integration.apps.common import append, lines
+
+
+def gated(args: dict) -> str:
+    """Runs until the file ``args["gate"]`` exists (at most 30 s)."""
+    deadline = time.monotonic() + 30
+    while not os.path.exists(args["gate"]):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the test never opened the gate")
+        time.sleep(0.01)
+    return "opened"
+
+
+def mark(args: dict) -> int:
+    """Appends its tag to a file: one line per run."""
+    return append(args["path"], str(args["tag"]))
+
+
+def status(queue: jobs.Queue, job_id: str) -> str:
+    return queue.get(job_id).status.value
+
+
+@pytest.mark.timeout(60)
+def test_a_slow_job_does_not_hold_back_the_outcome_of_the_quick_one_before_it(
+        queue: jobs.Queue, tmp_path: Path) -> None:
+    queue.register("gated", gated)
+    queue.register("mark", mark)
+    gate = tmp_path / "gate"
+    log = tmp_path / "marks"
+    # One transaction, so the first claim takes all three and one actor gets them in one
+    # message: two quick jobs, then one that runs until the gate opens.
+    quick1, quick2, slow = queue.enqueue_many([
+        jobs.Sub("mark", {"path": str(log), "tag": 1}, priority=3),
+        jobs.Sub("mark", {"path": str(log), "tag": 2}, priority=2),
+        jobs.Sub("gated", {"gate": str(gate)}, priority=1),
+    ])
+    with queue.worker({"default": 1}, prefetch=4, poll_interval=0.1):
+        wait_until(lambda: status(queue, quick2) == "completed", timeout=10,
+                   message="the quick jobs' outcomes while the slow job runs")
+        assert status(queue, quick1) == "completed"
+        assert status(queue, slow) == "running"
+        gate.touch()
+        assert queue.result(slow, timeout=15) == "opened"
+    assert lines(log) == ["1", "2"]
+
+
+@pytest.mark.timeout(90)
+def test_prefetched_jobs_each_run_exactly_once(queue: jobs.Queue, tmp_path: Path) -> None:
+    queue.register("mark", mark)
+    log = tmp_path / "marks"
+    n = 600
+    ids = queue.enqueue_many([jobs.Sub("mark", {"path": str(log), "tag": i}) for i in range(n)])
+    with queue.worker({"default": 2}, prefetch=64, poll_interval=0.1):
+        for job_id in ids:
+            queue.result(job_id, timeout=60)
+    assert sorted(map(int, lines(log))) == list(range(n))
+    assert {queue.get(job_id).attempt for job_id in ids} == {1}
+
+
+@pytest.mark.timeout(60)
+def test_cancel_of_a_lease_queued_in_an_actor_revokes_it(queue: jobs.Queue,
+                                                         tmp_path: Path) -> None:
+    queue.register("gated", gated)
+    queue.register("mark", mark)
+    gate = tmp_path / "gate"
+    log = tmp_path / "marks"
+    slow, queued = queue.enqueue_many([
+        jobs.Sub("gated", {"gate": str(gate)}, priority=2),
+        jobs.Sub("mark", {"path": str(log), "tag": "queued"}, priority=1),
+    ])
+    with queue.worker({"default": 1}, prefetch=4, poll_interval=0.1,
+                      lease_timeout=3) as worker:
+        sup = worker.supervisor
+
+        def both_on_the_actor() -> bool:
+            held = [job.job_id for a in list(sup.pool.actors.values()) for job in a.jobs]
+            return held == [slow, queued]
+
+        wait_until(both_on_the_actor, timeout=10, message="both leases to reach the actor")
+        queue.cancel(queued)
+        assert status(queue, queued) == "cancelled"
+
+        def revoked() -> bool:
+            return all(job.job_id != queued
+                       for a in list(sup.pool.actors.values()) for job in a.jobs)
+
+        wait_until(revoked, timeout=10, message="the queued lease to be revoked")
+        gate.touch()
+        assert queue.result(slow, timeout=15) == "opened"
+        # The actor is free again and serves new work; the revoked job never ran.
+        again = queue.enqueue("mark", {"path": str(log), "tag": "after"})
+        queue.result(again, timeout=15)
+    assert lines(log) == ["after"]
+    assert status(queue, queued) == "cancelled"
