@@ -24,7 +24,7 @@ from durable_jobs.engine.errors import JobError
 from durable_jobs.engine.outcomes import Complete, Fail, Retry, Transition
 from durable_jobs.store import fanouts
 from durable_jobs.store.dialects import Dialect
-from durable_jobs.store.dialects.common import CLEAR_LEASE
+from durable_jobs.store.dialects.common import CLEAR_LEASE, claim_params
 from durable_jobs.store.schema import jobs
 
 
@@ -128,6 +128,36 @@ def finish(conn: Connection, dialect: Dialect, owner: str, items: list[tuple[str
     applied = [(done[key], write) for key, write in first.items() if key in done]
     _after_terminal(conn, dialect, applied, now)
     return applied
+
+
+def finish_and_claim(driver: Any, dialect: Dialect, owner: str,
+                     items: list[tuple[str, str | None, Write]], claims: dict[str, int],
+                     names: list[str], lease_timeout: float, now: float
+                     ) -> tuple[list[tuple[Any, Write]], dict[str, list[Any]]]:
+    """A supervisor's flush in one transaction on a driver connection (``Store.driver_write``)
+    and as few round trips as the dialect can (one on PostgreSQL): outcome writes
+    ``(job_id, lease_token, write)``, guarded like ``finish``'s, then ``claims`` (queue ->
+    limit). Returns what ``finish`` and ``claim`` return.
+
+    Only for batches in which each job appears once and none belongs to a fan-out (whose
+    counters ``finish`` keeps in the same transaction): the caller knows both.
+    """
+    if len({job_id for job_id, _token, _write in items}) != len(items):
+        raise ValueError("finish_and_claim: a job appears twice in one batch")
+    by_kind: dict[str, list[tuple[Any, ...]]] = {}
+    for job_id, token, write in items:
+        by_kind.setdefault(_KIND[type(write)], []).append((job_id, token, *_values(write)))
+    queues = [queue for queue, limit in claims.items() if limit > 0 and names]
+    statements = [(dialect.claim_sql.sql(len(names)),
+                   claim_params(owner, queue, names, claims[queue], lease_timeout))
+                  for queue in queues]
+    done, claimed = dialect.finish_and_claim(driver, owner, by_kind, statements, now)
+    finished = {row.id: row for row in done}
+    applied = [(finished[job_id], write) for job_id, _token, write in items
+               if job_id in finished]
+    for rows in claimed:
+        rows.sort(key=lambda r: (-r.priority, r.run_at, r.id))
+    return applied, {queue: [] for queue in claims} | dict(zip(queues, claimed, strict=True))
 
 
 _KIND = {Complete: "complete", Retry: "retry", Fail: "fail", Release: "release"}

@@ -200,9 +200,10 @@ class Store:
     @contextmanager
     def driver_write(self) -> Iterator[Any]:
         """A kept driver connection for one write that must be atomic: ``BEGIN IMMEDIATE``
-        ... ``COMMIT`` on SQLite; autocommit on PostgreSQL, so only a write made of ONE
-        statement belongs here. No SQLAlchemy transaction machinery: this is the path of
-        every workflow step's checkpoint."""
+        ... ``COMMIT`` on SQLite; autocommit on PostgreSQL, so a write made of several
+        statements opens its own transaction there (``driver.transaction()``). No SQLAlchemy
+        transaction machinery: this is the path of every workflow step's checkpoint and of
+        a busy supervisor's flushes."""
         with self._direct_connection() as direct:
             driver = direct.driver
             if self.dialect.name == "postgresql":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from typing import Any
@@ -332,3 +333,81 @@ def test_driver_write_rolls_back_on_error(store: jobs.Store, queue: jobs.Queue) 
     expected = [] if store.dialect.name == "sqlite" else [(0, "s0", "completed", "1", None, 1)]
     assert stored_steps(store, job_id) == expected
     assert save(store, "w1", [step(job_id, 1, token)], driver=True) == [True]  # usable again
+
+
+# -- finish_and_claim: a busy supervisor's flush in one pass ------------------------------
+
+
+def finish_and_claim(store: jobs.Store, owner: str, items: list[tuple[str, str | None, Any]],
+                     claims: dict[str, int], names: list[str]) -> tuple[list[Any], dict]:
+    with store.driver_write() as driver:
+        return leases.finish_and_claim(driver, store.dialect, owner, items, claims, names,
+                                       30.0, time.time())
+
+
+def test_finish_and_claim_writes_each_kind_under_the_claims_token_and_claims(
+        store: jobs.Store, queue: jobs.Queue) -> None:
+    ids = [running(store, queue, name) for name in ("a", "b", "c", "d")]
+    tokens = [row(store, job_id).lease_token for job_id in ids]
+    writes = [Complete('"x"'), Retry(time.time() + 60, ERR), Fail(ERR), Release()]
+    waiting = [queue.enqueue("a", priority=p) for p in (0, 5)]
+    stale = [(job_id, "stale", write) for job_id, write in zip(ids, writes, strict=True)]
+    applied, claimed = finish_and_claim(store, "w1", stale, {"default": 0}, ["a"])
+    assert applied == [] and claimed == {"default": []}
+    assert all(row(store, j).status == "running" for j in ids)
+    items = list(zip(ids, tokens, writes, strict=True))
+    applied, claimed = finish_and_claim(store, "w1", items, {"default": 10}, ["a", "d"])
+    assert [(r.id, r.token, w) for r, w in applied] == list(zip(ids, tokens, writes,
+                                                                 strict=True))
+    after = [row(store, j) for j in ids[:3]]
+    assert [r.status for r in after] == ["completed", "pending", "failed"]
+    assert after[0].result == '"x"' and json.loads(after[2].error)["type"] == "ValueError"
+    assert after[1].attempt == 1
+    assert all(r.lease_owner is None and r.lease_token is None for r in after)
+    # The released job (due at once, its attempt given back) is claimed by the same pass,
+    # with the two waiting ones: by priority, then age.
+    assert [r.id for r in claimed["default"]] == [waiting[1], ids[3], waiting[0]]
+    again = row(store, ids[3])
+    assert (again.status, again.attempt, again.lease_owner) == ("running", 1, "w1")
+    assert again.lease_token not in (None, tokens[3])
+
+
+def test_finish_and_claim_by_the_wrong_owner_changes_nothing(store: jobs.Store,
+                                                             queue: jobs.Queue) -> None:
+    job_id = running(store, queue, owner="w1")
+    before = row(store, job_id)
+    for write in (Complete("1"), Fail(ERR), Retry(time.time(), ERR), Release()):
+        for token in (None, before.lease_token):
+            assert finish_and_claim(store, "w2", [(job_id, token, write)], {}, ["a"]) == (
+                [], {})
+            assert row(store, job_id) == before
+
+
+def test_finish_and_claim_refuses_a_job_given_twice(store: jobs.Store,
+                                                    queue: jobs.Queue) -> None:
+    job_id = running(store, queue)
+    token = row(store, job_id).lease_token
+    with pytest.raises(ValueError, match="twice"):
+        finish_and_claim(store, "w1", [(job_id, token, Complete("1")),
+                                       (job_id, token, Fail(ERR))], {"default": 1}, ["a"])
+    assert row(store, job_id).status == "running"
+
+
+def test_finish_and_claim_rolls_back_as_a_whole(store: jobs.Store, queue: jobs.Queue) -> None:
+    """An error in the claim undoes the outcome writes of the same flush."""
+    job_id = running(store, queue)
+    token = row(store, job_id).lease_token
+    queue.enqueue("a")
+
+    class NoSuchTable:
+        @staticmethod
+        def sql(names: int) -> str:
+            return "SELECT * FROM nowhere"
+
+    broken = copy.copy(store.dialect)
+    broken.claim_sql = NoSuchTable()  # type: ignore[assignment]
+    with pytest.raises(Exception, match="nowhere"), store.driver_write() as driver:
+        leases.finish_and_claim(driver, broken, "w1", [(job_id, token, Complete("1"))],
+                                {"default": 1}, ["a"], 30.0, time.time())
+    assert row(store, job_id).status == "running"
+    assert row(store, job_id).lease_token == token

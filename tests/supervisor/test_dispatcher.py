@@ -98,3 +98,20 @@ def test_outcomes_and_claims_share_one_flush(store: jobs.Store, queue: jobs.Queu
     assert [job.job_id for job, _w in flushed.applied] == [j.job_id for j in first]
     assert flushed.claimed == {"default": 3}
     assert [r.job.job_id for r in d.ready["default"]] == ids[2:]  # enqueue order (UUIDv7)
+
+
+def test_only_plain_batches_take_the_one_pass_flush() -> None:
+    """Outcomes of fan-out sub-jobs (their fan-out's counters are kept in the same
+    transaction), a job given twice, or a job without its claimed row take the full path."""
+    from durable_jobs.supervisor.dispatch import _one_pass
+
+    def job(job_id: str, fan_out_id: str | None = None, with_row: bool = True) -> Running:
+        row = type("Row", (), {"fan_out_id": fan_out_id})() if with_row else None
+        return Running(job_id, "n", "default", "null", 1, 3, 60.0, None, "t", 0, row=row)
+
+    done = Complete("null")
+    assert _one_pass([(job("a"), done), (job("b"), done)])
+    assert _one_pass([])
+    assert not _one_pass([(job("a"), done), (job("b", fan_out_id="f"), done)])
+    assert not _one_pass([(job("a"), done), (job("a"), Release())])
+    assert not _one_pass([(job("a", with_row=False), done)])

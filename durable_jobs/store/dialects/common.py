@@ -33,6 +33,7 @@ def insert_sql(placeholder: str) -> str:
 CLAIM_COLUMNS = (
     "id", "name", "queue", "args", "attempt", "max_attempts", "max_backoff", "timeout",
     "priority", "checkpoints", "parent_id", "run_at", "created_at", "started_at", "lease_token",
+    "fan_out_id",
 )
 ClaimedRow = collections.namedtuple("ClaimedRow", CLAIM_COLUMNS)  # type: ignore[misc]
 _NAMED = re.compile(r"(?<!:):(\w+)")
@@ -61,15 +62,22 @@ class ClaimSQL:
         return sql
 
 
-def run_claim(conn: Connection, claim: ClaimSQL, owner: str, queue: str,
-              names: list[str], limit: int, lease_timeout: float) -> list[Any]:
-    """Run a dialect's claim statement; every claim gets a fresh lease token."""
+def claim_params(owner: str, queue: str, names: list[str], limit: int,
+                 lease_timeout: float) -> dict[str, Any]:
+    """The parameters of a claim statement; every claim gets a fresh lease token."""
     params: dict[str, Any] = {"owner": owner, "queue": queue, "limit": limit,
                               "lease": lease_timeout, "token": uuid.uuid4().hex}
     params.update((f"n{i}", name) for i, name in enumerate(names))
+    return params
+
+
+def run_claim(conn: Connection, claim: ClaimSQL, owner: str, queue: str,
+              names: list[str], limit: int, lease_timeout: float) -> list[Any]:
+    """Run a dialect's claim statement."""
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
-        cursor.execute(claim.sql(len(names)), params)
+        cursor.execute(claim.sql(len(names)),
+                       claim_params(owner, queue, names, limit, lease_timeout))
         return list(map(ClaimedRow._make, cursor.fetchall()))
     finally:
         cursor.close()

@@ -16,7 +16,9 @@ from durable_jobs.store.dialects.common import (
     CLEAR_LEASE,
     FINISH_SET,
     INSERT_COLUMNS,
+    ClaimedRow,
     ClaimSQL,
+    Finished,
     insert_sql,
     run_claim,
     still_owned,
@@ -95,12 +97,37 @@ FINISH_BATCH = {
           "WHERE jobs.id = v.id"
     for kind, change in FINISH_SET.items()
 }
+# The same, for a flush whose ownership checks ride in the statement (one round trip for
+# the whole flush): the jobs still ours (owner, running, the claim's token) are looked up
+# and locked one by one through their primary key (LATERAL keeps that order), then
+# written; it returns the rows it changed. Only for batches where each job appears once.
+# The arrays travel in binary: psycopg quotes every string of a text-format array in Python.
+FINISH_GUARDED = {
+    kind: "WITH owned AS (SELECT j.id, j.fan_out_id, v.token, v.a, v.b "
+          "FROM unnest(%(ids)b::text[], %(tokens)b::text[], %(a)b::text[], %(b)b::float8[]) "
+          "AS v(id, token, a, b) CROSS JOIN LATERAL (SELECT jobs.id, jobs.fan_out_id "
+          "FROM jobs WHERE jobs.id = v.id AND jobs.status = 'running' "
+          "AND jobs.lease_owner = %(owner)s AND (v.token IS NULL OR jobs.lease_token = v.token) "
+          "FOR UPDATE) AS j) "
+          f"UPDATE jobs SET {change.format(a='owned.a', b='owned.b', now='%(now)s')}, "
+          f"{CLEAR_LEASE} FROM owned WHERE jobs.id = owned.id "
+          "RETURNING jobs.id, owned.fan_out_id, owned.token"
+    for kind, change in FINISH_SET.items()
+}
+# A flush touches a few hundred jobs by primary key. A queue's table statistics always lag
+# (its rows change state by the thousand between autovacuum's looks), and with them the
+# planner hashed a sequential scan of the whole table into every flush: 15 ms for 256 jobs
+# out of 20,000, against 6 ms by index. Within the flush's own transaction, only nested
+# loops are allowed.
+FLUSH_PLANNER = ("SELECT set_config('enable_hashjoin', 'off', true), "
+                 "set_config('enable_mergejoin', 'off', true)")
 
 
 class PostgreSQLDialect:
     """The production and multi-host backend (psycopg 3)."""
 
     name = "postgresql"
+    claim_sql = CLAIM
     now_sql = NOW
     insert_sql = insert_sql("%s")
 
@@ -166,6 +193,35 @@ class PostgreSQLDialect:
                     "ids": list(ids), "a": list(texts), "now": now,
                     "b": [None if n is None else float(n) for n in numbers]})
         return done
+
+    def finish_and_claim(self, driver: Any, owner: str,
+                         finishes: dict[str, list[tuple[Any, ...]]],
+                         claims: list[tuple[str, dict[str, Any]]], now: float
+                         ) -> tuple[list[Any], list[list[Any]]]:
+        """Outcome writes and claims in one transaction sent as one pipeline: BEGIN, the
+        statements and COMMIT go out together and their results come back together, one
+        round trip instead of one per statement (``driver`` is in autocommit mode)."""
+        written, claiming = [], []
+        try:
+            with driver.pipeline(), driver.transaction():
+                written.append(cursor := driver.cursor())
+                cursor.execute(FLUSH_PLANNER)
+                for kind, rows in finishes.items():
+                    ids, tokens, texts, numbers = zip(*rows, strict=True)
+                    written.append(cursor := driver.cursor())
+                    cursor.execute(FINISH_GUARDED[kind], {
+                        "ids": list(ids), "tokens": list(tokens), "a": list(texts),
+                        "b": [None if n is None else float(n) for n in numbers],
+                        "owner": owner, "now": now})
+                for sql, params in claims:
+                    claiming.append(cursor := driver.cursor())
+                    cursor.execute(sql, params)
+            done = [Finished._make(row) for cursor in written[1:] for row in cursor.fetchall()]
+            claimed = [list(map(ClaimedRow._make, cursor.fetchall())) for cursor in claiming]
+        finally:
+            for cursor in written + claiming:
+                cursor.close()
+        return done, claimed
 
     def notify(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_notify(:c, '')"), {"c": CHANNEL})

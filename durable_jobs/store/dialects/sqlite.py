@@ -23,7 +23,9 @@ from durable_jobs.store.dialects.common import (
     CLEAR_LEASE,
     FINISH_SET,
     INSERT_COLUMNS,
+    ClaimedRow,
     ClaimSQL,
+    Finished,
     insert_sql,
     run_claim,
     still_owned,
@@ -124,6 +126,17 @@ FINISH_BATCH = {
           f"{CLEAR_LEASE} FROM (VALUES {{rows}}) AS v WHERE jobs.id = v.column1"
     for kind, change in FINISH_SET.items()
 }
+# The same with the ownership checks in the statement, for a one-pass flush (each job once
+# per batch): the owner and the time come first, in a CTE, so every parameter is a plain ?.
+FINISH_GUARDED = {
+    kind: "WITH p(owner, now) AS (VALUES (?, ?)) "
+          f"UPDATE jobs SET {change.format(a='v.column3', b='v.column4', now='p.now')}, "
+          f"{CLEAR_LEASE} FROM (VALUES {{rows}}) AS v, p WHERE jobs.id = v.column1 "
+          "AND jobs.lease_owner = p.owner AND jobs.status = 'running' "
+          "AND (v.column2 IS NULL OR jobs.lease_token = v.column2) "
+          "RETURNING id, fan_out_id"
+    for kind, change in FINISH_SET.items()
+}
 COUNT_STEP = ("UPDATE jobs SET checkpoints = checkpoints + 1 WHERE id = ? AND lease_owner = ? "
               "AND status = 'running' AND (? IS NULL OR lease_token = ?) RETURNING id")
 STEP_INSERT = ("INSERT INTO steps (job_id, position, name, status, result, error, span, "
@@ -169,6 +182,7 @@ class SQLiteDialect:
     """The embedded default backend."""
 
     name = "sqlite"
+    claim_sql = CLAIM
     now_sql = NOW
     insert_sql = BULK_INSERT
 
@@ -255,6 +269,29 @@ class SQLiteDialect:
                         for job_id, _token, text_value, number in kept)))
                 done += finished
             return done
+        finally:
+            cursor.close()
+
+    def finish_and_claim(self, driver: Any, owner: str,
+                         finishes: dict[str, list[tuple[Any, ...]]],
+                         claims: list[tuple[str, dict[str, Any]]], now: float
+                         ) -> tuple[list[Any], list[list[Any]]]:
+        """Outcome writes and claims on a driver connection already in ``BEGIN IMMEDIATE``
+        (``Store.driver_write``): one guarded statement per kind and chunk, then the claims."""
+        cursor = driver.cursor()
+        try:
+            done: list[Any] = []
+            for kind, rows in finishes.items():
+                for at in range(0, len(rows), FINISH_CHUNK):
+                    chunk = rows[at:at + FINISH_CHUNK]
+                    token_of = {row[0]: row[1] for row in chunk}
+                    sql = FINISH_GUARDED[kind].format(rows=", ".join(["(?, ?, ?, ?)"] * len(chunk)))
+                    cursor.execute(sql, (owner, now, *itertools.chain.from_iterable(chunk)))
+                    done += [Finished(job_id, fan_out_id, token_of[job_id])
+                             for job_id, fan_out_id in cursor.fetchall()]
+            claimed = [list(map(ClaimedRow._make, cursor.execute(sql, params).fetchall()))
+                       for sql, params in claims]
+            return done, claimed
         finally:
             cursor.close()
 
