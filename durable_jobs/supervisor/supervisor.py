@@ -46,7 +46,7 @@ from durable_jobs.supervisor.signals import SignalTable, Wakeup
 log = logging.getLogger("durable_jobs.supervisor")
 
 BOOT_TIMEOUT = 60.0
-MAX_DEPTH = 128  # leases one actor may hold at once when prefetch > 0
+MAX_DEPTH = 1024  # leases one actor may hold at once when prefetch > 0
 FLUSH_INTERVAL = 0.002
 SQLITE_POLL = 0.005
 
