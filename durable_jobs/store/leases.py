@@ -148,10 +148,9 @@ def finish_and_claim(driver: Any, dialect: Dialect, owner: str,
     for job_id, token, write in items:
         by_kind.setdefault(_KIND[type(write)], []).append((job_id, token, *_values(write)))
     queues = [queue for queue, limit in claims.items() if limit > 0 and names]
-    statements = [(dialect.claim_sql.sql(len(names)),
-                   claim_params(owner, queue, names, claims[queue], lease_timeout))
-                  for queue in queues]
-    done, claimed = dialect.finish_and_claim(driver, owner, by_kind, statements, now)
+    params = [claim_params(owner, queue, names, claims[queue], lease_timeout)
+              for queue in queues]
+    done, claimed = dialect.finish_and_claim(driver, owner, by_kind, params, len(names), now)
     finished = {row.id: row for row in done}
     applied = [(finished[job_id], write) for job_id, _token, write in items
                if job_id in finished]

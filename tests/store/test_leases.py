@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from typing import Any
@@ -13,6 +12,7 @@ from sqlalchemy import select
 import durable_jobs as jobs
 from durable_jobs.engine.outcomes import Complete, Fail, Retry
 from durable_jobs.store import leases
+from durable_jobs.store.dialects.common import claim_params
 from durable_jobs.store.leases import Release
 from durable_jobs.store.schema import jobs as jobs_table
 from tests.helpers import wait_until
@@ -356,20 +356,19 @@ def test_finish_and_claim_writes_each_kind_under_the_claims_token_and_claims(
     assert applied == [] and claimed == {"default": []}
     assert all(row(store, j).status == "running" for j in ids)
     items = list(zip(ids, tokens, writes, strict=True))
-    applied, claimed = finish_and_claim(store, "w1", items, {"default": 10}, ["a", "d"])
+    applied, claimed = finish_and_claim(store, "w1", items, {"default": 10}, ["a"])
     assert [(r.id, r.token, w) for r, w in applied] == list(zip(ids, tokens, writes,
                                                                  strict=True))
-    after = [row(store, j) for j in ids[:3]]
-    assert [r.status for r in after] == ["completed", "pending", "failed"]
+    after = [row(store, j) for j in ids]
+    assert [r.status for r in after] == ["completed", "pending", "failed", "pending"]
     assert after[0].result == '"x"' and json.loads(after[2].error)["type"] == "ValueError"
-    assert after[1].attempt == 1
+    assert after[1].attempt == 1 and after[3].attempt == 0  # a release gives the attempt back
     assert all(r.lease_owner is None and r.lease_token is None for r in after)
-    # The released job (due at once, its attempt given back) is claimed by the same pass,
-    # with the two waiting ones: by priority, then age.
-    assert [r.id for r in claimed["default"]] == [waiting[1], ids[3], waiting[0]]
-    again = row(store, ids[3])
-    assert (again.status, again.attempt, again.lease_owner) == ("running", 1, "w1")
-    assert again.lease_token not in (None, tokens[3])
+    # The claim took the waiting jobs, by priority then age, under a new token.
+    assert [r.id for r in claimed["default"]] == [waiting[1], waiting[0]]
+    taken = [row(store, j) for j in waiting]
+    assert {(r.status, r.attempt, r.lease_owner) for r in taken} == {("running", 1, "w1")}
+    assert [r.lease_token for r in claimed["default"]] == [r.lease_token for r in taken[::-1]]
 
 
 def test_finish_and_claim_by_the_wrong_owner_changes_nothing(store: jobs.Store,
@@ -393,21 +392,20 @@ def test_finish_and_claim_refuses_a_job_given_twice(store: jobs.Store,
     assert row(store, job_id).status == "running"
 
 
-def test_finish_and_claim_rolls_back_as_a_whole(store: jobs.Store, queue: jobs.Queue) -> None:
+def test_finish_and_claim_rolls_back_as_a_whole(store: jobs.Store, queue: jobs.Queue,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """An error in the claim undoes the outcome writes of the same flush."""
     job_id = running(store, queue)
     token = row(store, job_id).lease_token
     queue.enqueue("a")
 
-    class NoSuchTable:
-        @staticmethod
-        def sql(names: int) -> str:
-            return "SELECT * FROM nowhere"
+    def without_limit(*args: Any) -> dict[str, Any]:
+        params = claim_params(*args)
+        del params["limit"]
+        return params
 
-    broken = copy.copy(store.dialect)
-    broken.claim_sql = NoSuchTable()  # type: ignore[assignment]
-    with pytest.raises(Exception, match="nowhere"), store.driver_write() as driver:
-        leases.finish_and_claim(driver, broken, "w1", [(job_id, token, Complete("1"))],
-                                {"default": 1}, ["a"], 30.0, time.time())
+    monkeypatch.setattr(leases, "claim_params", without_limit)
+    with pytest.raises(Exception, match="limit"):
+        finish_and_claim(store, "w1", [(job_id, token, Complete("1"))], {"default": 1}, ["a"])
     assert row(store, job_id).status == "running"
     assert row(store, job_id).lease_token == token

@@ -7,8 +7,6 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine
 
-from durable_jobs.store.dialects.common import ClaimSQL
-
 
 class Dialect(Protocol):
     """The dialect-specific part of the store; everything else is portable Core."""
@@ -16,7 +14,6 @@ class Dialect(Protocol):
     name: str
     now_sql: str  # SQL expression: the database clock as epoch seconds
     insert_sql: str  # one job row, a tuple in common.INSERT_COLUMNS order
-    claim_sql: ClaimSQL  # the batch claim, as driver SQL
 
     def configure(self, engine: Engine) -> None: ...
     def post_migrate(self, conn: Connection) -> None: ...
@@ -33,7 +30,7 @@ class Dialect(Protocol):
                rows: list[tuple[Any, ...]], now: float) -> list[Any]: ...
     def finish_and_claim(self, driver: Any, owner: str,
                          finishes: dict[str, list[tuple[Any, ...]]],
-                         claims: list[tuple[str, dict[str, Any]]], now: float
+                         claims: list[dict[str, Any]], names: int, now: float
                          ) -> tuple[list[Any], list[list[Any]]]: ...
     def notify(self, conn: Connection) -> None: ...
     def listener(self, engine: Engine) -> Listener: ...

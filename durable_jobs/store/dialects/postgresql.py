@@ -7,12 +7,14 @@ skewed clocks cannot steal each other's live leases.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
 from durable_jobs.store.dialects.common import (
+    CLAIM_COLUMNS,
     CLEAR_LEASE,
     FINISH_SET,
     INSERT_COLUMNS,
@@ -29,25 +31,21 @@ CHANNEL = "durable_jobs"
 MIGRATION_LOCK_KEY = 0x6475726A6F6273  # "durjobs"
 NOW = "extract(epoch from clock_timestamp())::float8"
 
-CLAIM = ClaimSQL(
-    """
-    WITH picked AS (
+# The claim in two parts, so that a flush can put several claims in one statement.
+PICK = """
         SELECT id AS picked_id FROM jobs  -- aliased: RETURNING id must be unambiguous
         WHERE status = 'pending' AND queue = :queue AND run_at <= {now}
           AND name IN :names
           AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = :queue AND q.paused)
         ORDER BY priority DESC, run_at, id
         LIMIT :limit
-        FOR UPDATE SKIP LOCKED
-    )
+        FOR UPDATE SKIP LOCKED"""
+TAKE = """
     UPDATE jobs SET status = 'running', attempt = jobs.attempt + 1, lease_owner = :owner,
         lease_token = :token, lease_expires_at = {now} + :lease, started_at = {now}
     FROM picked WHERE jobs.id = picked.picked_id
-    RETURNING {returning}
-    """,
-    NOW,
-    pyformat=True,
-)
+    RETURNING {returning}"""
+CLAIM = ClaimSQL(f"WITH picked AS ({PICK}\n    ){TAKE}", NOW, pyformat=True)
 NOTIFY_DDL = f"""
 CREATE OR REPLACE FUNCTION durable_jobs_notify() RETURNS trigger AS $$
 BEGIN
@@ -97,37 +95,62 @@ FINISH_BATCH = {
           "WHERE jobs.id = v.id"
     for kind, change in FINISH_SET.items()
 }
-# The same, for a flush whose ownership checks ride in the statement (one round trip for
-# the whole flush): the jobs still ours (owner, running, the claim's token) are looked up
-# and locked one by one through their primary key (LATERAL keeps that order), then
-# written; it returns the rows it changed. Only for batches where each job appears once.
-# The arrays travel in binary: psycopg quotes every string of a text-format array in Python.
-FINISH_GUARDED = {
-    kind: "WITH owned AS (SELECT j.id, j.fan_out_id, v.token, v.a, v.b "
-          "FROM unnest(%(ids)b::text[], %(tokens)b::text[], %(a)b::text[], %(b)b::float8[]) "
-          "AS v(id, token, a, b) CROSS JOIN LATERAL (SELECT jobs.id, jobs.fan_out_id "
-          "FROM jobs WHERE jobs.id = v.id AND jobs.status = 'running' "
-          "AND jobs.lease_owner = %(owner)s AND (v.token IS NULL OR jobs.lease_token = v.token) "
-          "FOR UPDATE) AS j) "
-          f"UPDATE jobs SET {change.format(a='owned.a', b='owned.b', now='%(now)s')}, "
-          f"{CLEAR_LEASE} FROM owned WHERE jobs.id = owned.id "
-          "RETURNING jobs.id, owned.fan_out_id, owned.token"
+# A busy supervisor's flush as ONE statement (autocommit: atomic by itself, one round trip,
+# one execute): its outcome writes and its claims as data-modifying CTEs, their rows in one
+# result. The jobs still ours (owner, running, the claim's token) are looked up and locked
+# one by one through their primary key (LATERAL keeps that order), then written by id, a
+# kind at a time. The shape keeps the planner on the primary key: a queue's statistics
+# always lag (its rows change state by the thousand between autovacuum's looks), and with a
+# plain join, or with the guards in the UPDATE, it hashed a scan of the whole jobs table (or
+# of the jobs_running index) into every flush: 15 ms for 256 jobs out of 20,000, against 5.
+# (A CTE has no statistics, so "owned.kind = ..." is estimated at a few rows, and a few
+# rows are joined by index.)
+# Arrays travel in binary: psycopg quotes every string of a text-format array in Python.
+OWNED_CTE = """owned AS (
+    SELECT j.id, j.fan_out_id, v.token, v.kind, v.a, v.b
+    FROM unnest(%(ids)b::text[], %(tokens)b::text[], %(kinds)b::text[], %(a)b::text[],
+                %(b)b::float8[]) AS v(id, token, kind, a, b)
+    CROSS JOIN LATERAL (
+        SELECT jobs.id, jobs.fan_out_id FROM jobs
+        WHERE jobs.id = v.id AND jobs.status = 'running' AND jobs.lease_owner = :owner
+          AND (v.token IS NULL OR jobs.lease_token = v.token)
+        FOR UPDATE) AS j)"""
+WRITE_CTE = {
+    kind: f"""f_{kind} AS (
+    UPDATE jobs SET {change.format(a='owned.a', b='owned.b', now=':now')}, {CLEAR_LEASE}
+    FROM owned WHERE owned.kind = '{kind}' AND jobs.id = owned.id
+    RETURNING jobs.id, owned.fan_out_id, owned.token)"""
     for kind, change in FINISH_SET.items()
 }
-# A flush touches a few hundred jobs by primary key. A queue's table statistics always lag
-# (its rows change state by the thousand between autovacuum's looks), and with them the
-# planner hashed a sequential scan of the whole table into every flush: 15 ms for 256 jobs
-# out of 20,000, against 6 ms by index. Within the flush's own transaction, only nested
-# loops are allowed.
-FLUSH_PLANNER = ("SELECT set_config('enable_hashjoin', 'off', true), "
-                 "set_config('enable_mergejoin', 'off', true)")
+_FINISHED_AS_CLAIMED = ", ".join(
+    {"id": "id", "fan_out_id": "fan_out_id", "lease_token": "token"}.get(column, "NULL")
+    for column in CLAIM_COLUMNS)
+
+
+@functools.cache
+def flush_sql(kinds: tuple[str, ...], claims: int) -> ClaimSQL:
+    """The one-statement flush writing ``kinds`` and making ``claims`` claims; its rows are
+    ``(part, *CLAIM_COLUMNS)``: part "f" a written job (id, fan_out_id, and the claim's
+    token as lease_token), part "c<i>" a job the i-th claim took."""
+    ctes = [OWNED_CTE] if kinds else []
+    ctes += [WRITE_CTE[kind] for kind in kinds]
+    parts = []
+    for i in range(claims):
+        pick = PICK.replace(":queue", f":queue_{i}").replace(":limit", f":limit_{i}")
+        take = TAKE.replace("picked WHERE jobs.id = picked.",
+                            f"picked_{i} WHERE jobs.id = picked_{i}.")
+        take = take.replace(":token", f":token_{i}")
+        ctes.append(f"picked_{i} AS ({pick}), claimed_{i} AS ({take})")
+        parts.append(f"SELECT 'c{i}' AS part, {{returning}} FROM claimed_{i}")
+    parts += [f"SELECT 'f', {_FINISHED_AS_CLAIMED} FROM f_{kind}" for kind in kinds]
+    return ClaimSQL("WITH " + ",\n".join(ctes) + "\n" + "\nUNION ALL ".join(parts), NOW,
+                    pyformat=True)
 
 
 class PostgreSQLDialect:
     """The production and multi-host backend (psycopg 3)."""
 
     name = "postgresql"
-    claim_sql = CLAIM
     now_sql = NOW
     insert_sql = insert_sql("%s")
 
@@ -196,31 +219,31 @@ class PostgreSQLDialect:
 
     def finish_and_claim(self, driver: Any, owner: str,
                          finishes: dict[str, list[tuple[Any, ...]]],
-                         claims: list[tuple[str, dict[str, Any]]], now: float
+                         claims: list[dict[str, Any]], names: int, now: float
                          ) -> tuple[list[Any], list[list[Any]]]:
-        """Outcome writes and claims in one transaction sent as one pipeline: BEGIN, the
-        statements and COMMIT go out together and their results come back together, one
-        round trip instead of one per statement (``driver`` is in autocommit mode)."""
-        written, claiming = [], []
-        try:
-            with driver.pipeline(), driver.transaction():
-                written.append(cursor := driver.cursor())
-                cursor.execute(FLUSH_PLANNER)
-                for kind, rows in finishes.items():
-                    ids, tokens, texts, numbers = zip(*rows, strict=True)
-                    written.append(cursor := driver.cursor())
-                    cursor.execute(FINISH_GUARDED[kind], {
-                        "ids": list(ids), "tokens": list(tokens), "a": list(texts),
-                        "b": [None if n is None else float(n) for n in numbers],
-                        "owner": owner, "now": now})
-                for sql, params in claims:
-                    claiming.append(cursor := driver.cursor())
-                    cursor.execute(sql, params)
-            done = [Finished._make(row) for cursor in written[1:] for row in cursor.fetchall()]
-            claimed = [list(map(ClaimedRow._make, cursor.fetchall())) for cursor in claiming]
-        finally:
-            for cursor in written + claiming:
-                cursor.close()
+        """Outcome writes and claims in one statement (``driver`` is in autocommit mode:
+        the statement is its own transaction), one round trip."""
+        params: dict[str, Any] = {"owner": owner, "now": now}
+        if finishes:
+            rows = [(*row, kind) for kind, kind_rows in finishes.items() for row in kind_rows]
+            ids, tokens, texts, numbers, kinds = zip(*rows, strict=True)
+            params.update(ids=list(ids), tokens=list(tokens), kinds=list(kinds),
+                          a=list(texts), b=[None if n is None else float(n) for n in numbers])
+        for i, claim in enumerate(claims):
+            params.update(claim)  # the names and the lease are the same for every claim
+            params.update({f"queue_{i}": claim["queue"], f"limit_{i}": claim["limit"],
+                           f"token_{i}": claim["token"]})
+        sql = flush_sql(tuple(finishes), len(claims)).sql(names)
+        done: list[Any] = []
+        claimed: list[list[Any]] = [[] for _ in claims]
+        with driver.cursor() as cursor:
+            for part, *row in cursor.execute(sql, params).fetchall():
+                claimed_row: Any = ClaimedRow._make(row)
+                if part == "f":
+                    done.append(Finished(claimed_row.id, claimed_row.fan_out_id,
+                                         claimed_row.lease_token))
+                else:
+                    claimed[int(part[1:])].append(claimed_row)
         return done, claimed
 
     def notify(self, conn: Connection) -> None:

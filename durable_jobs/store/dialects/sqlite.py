@@ -182,7 +182,6 @@ class SQLiteDialect:
     """The embedded default backend."""
 
     name = "sqlite"
-    claim_sql = CLAIM
     now_sql = NOW
     insert_sql = BULK_INSERT
 
@@ -274,7 +273,7 @@ class SQLiteDialect:
 
     def finish_and_claim(self, driver: Any, owner: str,
                          finishes: dict[str, list[tuple[Any, ...]]],
-                         claims: list[tuple[str, dict[str, Any]]], now: float
+                         claims: list[dict[str, Any]], names: int, now: float
                          ) -> tuple[list[Any], list[list[Any]]]:
         """Outcome writes and claims on a driver connection already in ``BEGIN IMMEDIATE``
         (``Store.driver_write``): one guarded statement per kind and chunk, then the claims."""
@@ -289,8 +288,9 @@ class SQLiteDialect:
                     cursor.execute(sql, (owner, now, *itertools.chain.from_iterable(chunk)))
                     done += [Finished(job_id, fan_out_id, token_of[job_id])
                              for job_id, fan_out_id in cursor.fetchall()]
+            sql = CLAIM.sql(names)
             claimed = [list(map(ClaimedRow._make, cursor.execute(sql, params).fetchall()))
-                       for sql, params in claims]
+                       for params in claims]
             return done, claimed
         finally:
             cursor.close()
