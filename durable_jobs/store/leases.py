@@ -132,15 +132,18 @@ def finish(conn: Connection, dialect: Dialect, owner: str, items: list[tuple[str
 
 def finish_and_claim(driver: Any, dialect: Dialect, owner: str,
                      items: list[tuple[str, str | None, Write]], claims: dict[str, int],
-                     names: list[str], lease_timeout: float, now: float
+                     names: list[str], lease_timeout: float, now: float,
+                     conn: Connection | None = None
                      ) -> tuple[list[tuple[Any, Write]], dict[str, list[Any]]]:
-    """A supervisor's flush in one transaction on a driver connection (``Store.driver_write``)
-    and as few round trips as the dialect can (one on PostgreSQL): outcome writes
-    ``(job_id, lease_token, write)``, guarded like ``finish``'s, then ``claims`` (queue ->
-    limit). Returns what ``finish`` and ``claim`` return.
+    """A supervisor's flush in one transaction and as few round trips as the dialect can
+    (one statement on PostgreSQL): outcome writes ``(job_id, lease_token, write)``, guarded
+    like ``finish``'s, then ``claims`` (queue -> limit). Returns what ``finish`` and
+    ``claim`` return.
 
-    Only for batches in which each job appears once and none belongs to a fan-out (whose
-    counters ``finish`` keeps in the same transaction): the caller knows both.
+    ``driver`` is the driver connection of ``Store.driver_write()``, or of ``conn``, a
+    SQLAlchemy connection in a write transaction: that is needed when some job belongs to a
+    fan-out, whose counters are then kept in the same transaction (as ``finish`` does). Each
+    job must appear once in ``items``.
     """
     if len({job_id for job_id, _token, _write in items}) != len(items):
         raise ValueError("finish_and_claim: a job appears twice in one batch")
@@ -154,6 +157,10 @@ def finish_and_claim(driver: Any, dialect: Dialect, owner: str,
     finished = {row.id: row for row in done}
     applied = [(finished[job_id], write) for job_id, _token, write in items
                if job_id in finished]
+    if conn is not None:
+        _after_terminal(conn, dialect, applied, now)
+    elif any(row.fan_out_id is not None for row in done):
+        raise ValueError("finish_and_claim: a fan-out's sub-job needs a transaction (conn)")
     for rows in claimed:
         rows.sort(key=lambda r: (-r.priority, r.run_at, r.id))
     return applied, {queue: [] for queue in claims} | dict(zip(queues, claimed, strict=True))

@@ -139,11 +139,19 @@ class Dispatcher:
         driver connection: one round trip on PostgreSQL instead of one per statement."""
         done = Flushed()
         store = self.store
-        with store.driver_write() as driver:
-            applied, claimed = leases.finish_and_claim(
-                driver, store.dialect, self.owner,
-                [(job.job_id, job.token, write) for job, write in writes], want, self.names,
-                self.lease_timeout, now)
+        items = [(job.job_id, job.token, write) for job, write in writes]
+        if any(job.row.fan_out_id is not None for job, _write in writes):
+            # Sub-jobs of a fan-out: its counters move in the same transaction.
+            with store.write() as conn:
+                driver = conn.connection.driver_connection
+                applied, claimed = leases.finish_and_claim(
+                    driver, store.dialect, self.owner, items, want, self.names,
+                    self.lease_timeout, now, conn)
+        else:
+            with store.driver_write() as driver:
+                applied, claimed = leases.finish_and_claim(
+                    driver, store.dialect, self.owner, items, want, self.names,
+                    self.lease_timeout, now)
         job_of = {id(write): job for job, write in writes}
         done.applied = [(job_of[id(write)], write) for _row, write in applied]
         del self.writes[:len(writes)]
@@ -225,11 +233,11 @@ class Dispatcher:
 
 
 def _one_pass(writes: list[tuple[Running, Write]]) -> bool:
-    """Whether ``leases.finish_and_claim`` may write these: each job once, none in a
-    fan-out (a claim always comes with its row; a job without one takes the full path)."""
+    """Whether ``leases.finish_and_claim`` may write these: each job once, and each with
+    its claimed row (which tells whether it is in a fan-out); otherwise the full path."""
     ids = set()
     for job, _write in writes:
-        if job.row is None or job.row.fan_out_id is not None or job.job_id in ids:
+        if job.row is None or job.job_id in ids:
             return False
         ids.add(job.job_id)
     return True

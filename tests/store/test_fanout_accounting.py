@@ -12,6 +12,7 @@ import time
 import uuid
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 import durable_jobs as jobs
@@ -35,9 +36,25 @@ def claim(store: jobs.Store, names: list[str], owner: str = "w1", lease: float =
         return leases.claim(conn, store.dialect, owner, "default", names, 100, lease)
 
 
+WRITE_PATH = {"path": "finish"}
+
+
+@pytest.fixture(autouse=True, params=["finish", "finish_and_claim"])
+def write_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test here runs through both ways a supervisor writes outcomes: the full path
+    (``leases.finish``) and the one-pass flush (``leases.finish_and_claim``)."""
+    monkeypatch.setitem(WRITE_PATH, "path", request.param)
+
+
 def finish(store: jobs.Store, owner: str, items: list[tuple[str, Any]]) -> list[Any]:
     with store.write() as conn:
-        return leases.finish(conn, store.dialect, owner, items, time.time())
+        if WRITE_PATH["path"] == "finish":
+            return leases.finish(conn, store.dialect, owner, items, time.time())
+        applied, _claimed = leases.finish_and_claim(
+            conn.connection.driver_connection, store.dialect, owner,
+            [(job_id, None, write) for job_id, write in items], {}, [], 30.0, time.time(),
+            conn)
+        return applied
 
 
 def running_parent(store: jobs.Store, queue: jobs.Queue, owner: str = "w1") -> str:
