@@ -20,7 +20,7 @@ in-process worker whose actors have booted before any timer starts):
   about two and a half minutes. Target: >= 5,000 checkpoints/s on
   PostgreSQL (SQLite: reported only).
 * **Fan-out latency** — a parent that calls ``jobs.fan_out`` with ``--fan-out`` (default
-  10,000) no-op sub-jobs, on a worker with 2 actors and ``prefetch=64`` (after an untimed
+  10,000) no-op sub-jobs, on a worker with 2 actors and ``prefetch=1000`` (after an untimed
   500-sub warm-up). The parent writes ``time.time()`` just before ``fan_out`` on its first
   run, and returns ``time.time()`` taken right after ``fan_out`` returns on its replay.
   Figure: after - before. Target: <= 1.5 s on PostgreSQL, <= 0.75 s on SQLite. Also shown:
@@ -67,7 +67,7 @@ STEP = "noop_step"
 WORKFLOW = "bench-chain"
 SUB = "noop_sub"
 PARENT = "bench-fan-parent"
-PREFETCH = 64
+PREFETCH = 1000
 
 
 @dataclass(frozen=True)
