@@ -16,12 +16,13 @@ from typing import Any
 
 from durable_jobs.engine.durable import FanOutSpec, StoredStep, SubSpec
 from durable_jobs.engine.options import HandlerOptions, Resolved, resolve
+from durable_jobs.engine.outcomes import Retry
 from durable_jobs.engine.registry import Registry
 from durable_jobs.engine.rows import new_ids
 from durable_jobs.protocol import Checkpoint
 from durable_jobs.store import jobs as job_rows
 from durable_jobs.store import leases
-from durable_jobs.store.leases import Write
+from durable_jobs.store.leases import Release, Write
 from durable_jobs.store.store import Store
 from durable_jobs.supervisor.pool import Running
 
@@ -37,6 +38,10 @@ class Flushed:
     suspended: list[tuple[Running, FanOutSpec, bool]] = field(default_factory=list)
     claimed: dict[str, int] = field(default_factory=dict)
     requested: dict[str, int] = field(default_factory=dict)
+    #: Some write made a job claimable at once (released, or retried without backoff). A
+    #: claim in the same statement cannot see it (PostgreSQL: one snapshot), so the loop
+    #: claims again on its next turn rather than at the next poll.
+    requeued: bool = False
 
 
 @dataclass(slots=True)
@@ -123,6 +128,7 @@ class Dispatcher:
             claimed = {q: self._claim(conn, q, n) for q, n in want.items()}
         job_of = {id(write): job for job, write in writes}
         done.applied = [(job_of[id(write)], write) for _row, write in applied]
+        done.requeued = _requeued(done.applied, now)
         del self.writes[:len(writes)]
         self.checkpoints, self.suspends = [], []
         self.first_write_at = time.monotonic() if self.pending_writes else None
@@ -154,6 +160,7 @@ class Dispatcher:
                     self.lease_timeout, now)
         job_of = {id(write): job for job, write in writes}
         done.applied = [(job_of[id(write)], write) for _row, write in applied]
+        done.requeued = _requeued(done.applied, now)
         del self.writes[:len(writes)]
         self.first_write_at = time.monotonic() if self.pending_writes else None
         with_steps = [r.id for rows in claimed.values() for r in rows if r.checkpoints]
@@ -230,6 +237,12 @@ class Dispatcher:
         gone = {id(job) for job in lost}
         for queue, items in self.ready.items():
             self.ready[queue] = collections.deque(r for r in items if id(r.job) not in gone)
+
+
+def _requeued(applied: list[tuple[Running, Write]], now: float) -> bool:
+    """Whether a written job is claimable at once: released, or retried without backoff."""
+    return any(isinstance(write, Release) or (isinstance(write, Retry) and write.run_at <= now)
+               for _job, write in applied)
 
 
 def _one_pass(writes: list[tuple[Running, Write]]) -> bool:

@@ -72,6 +72,7 @@ class Wake:
 
     exited: list[int] = field(default_factory=list)
     notified: bool = False
+    now: bool = False  # the next wait must not block (set for one turn)
 
 
 class NoListener:
@@ -346,6 +347,9 @@ class Supervisor(Inbox, Control):
                 self.hot.add(queue)
             else:
                 self.hot.discard(queue)
+        if flushed.requeued:
+            self.wake.notified = True
+            self.wake.now = True  # and look again at once, not after the loop's wait
         for job, _spec, ok in flushed.suspended:
             if not ok:
                 log.warning("fan-out of job %s dropped: its lease was lost", job.job_id)
@@ -399,6 +403,8 @@ class Supervisor(Inbox, Control):
         if self.phase is Phase.STOPPED:
             return
         timeout = max(0.0, self._next_deadline(now) - time.monotonic())
+        if self.wake.now:
+            self.wake.now, timeout = False, 0.0
         events = self.poller.poll(int(timeout * 1000) + (1 if timeout > 0 else 0))
         for target, _ in events:
             if target is self.router:

@@ -96,6 +96,40 @@ def test_kill_9_of_a_busy_actor_retries_on_a_new_actor(queue: jobs.Queue,
     assert "signal 9" in retries[0].message and "SIGKILL" in retries[0].message
 
 
+@pytest.mark.timeout(40)
+def test_the_retry_of_a_killed_actors_job_starts_at_once_on_an_idle_actor(
+        queue: jobs.Queue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not at the next poll, nor when the replacement actor says Ready or has booted (here
+    that takes 5 s), nor at the next heartbeat or lease renewal that happens to wake the
+    supervisor (up to 1 s later): the flush that writes the retry makes the supervisor
+    claim again on its next turn. (Without that, this fails about 3 times in 4: the
+    renewal's phase is random.)"""
+    from tests.integration.apps.slow_boot import hang_first_attempt as hang_once
+
+    queue.register("hang-once", hang_once)
+    log = tmp_path / "runs.log"
+    with queue.worker({"default": 2}, poll_interval=30, heartbeat_interval=10) as w:
+        wait_until(lambda: all(a.state.value == "idle" for a in w.supervisor.pool.actors.values())
+                   and len(w.supervisor.pool.actors) == 2, timeout=15,
+                   message="both actors to boot")
+        job_id = queue.enqueue("hang-once", {"path": str(log)})
+        wait_until(lambda: lines(log), timeout=15, message="the job to start")
+        # The replacement actor starts slowly: its interpreter sleeps before it says Ready
+        # (a sitecustomize), and again loading the handlers.
+        site = tmp_path / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(
+            "import os, time\ntime.sleep(float(os.environ['DURABLE_TEST_BOOT_DELAY']))\n")
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+            [str(site), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        monkeypatch.setenv("DURABLE_TEST_BOOT_DELAY", "5")
+        killed = time.time()
+        os.kill(int(lines(log)[0]), signal.SIGKILL)
+        started = queue.result(job_id, timeout=15)
+        assert started - killed < 0.3, f"the retry started {started - killed:.2f} s after the kill"
+    assert len(lines(log)) == 2
+
+
 # -- 4. handlers that crash their actor or return what cannot be stored -------------------------
 
 CASES = {

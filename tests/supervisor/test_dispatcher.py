@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 import durable_jobs as jobs
-from durable_jobs.engine.outcomes import Complete
+from durable_jobs.engine.outcomes import Complete, Retry
 from durable_jobs.protocol import Checkpoint
 from durable_jobs.store.leases import Release
 from durable_jobs.store.schema import jobs as jobs_table
@@ -115,3 +115,26 @@ def test_only_plain_batches_take_the_one_pass_flush() -> None:
     assert _one_pass([(job("a"), done), (job("b", fan_out_id="f"), done)])
     assert not _one_pass([(job("a"), done), (job("a"), Release())])
     assert not _one_pass([(job("a", with_row=False), done)])
+
+
+@pytest.mark.timeout(30)
+def test_a_flush_says_when_it_made_a_job_claimable_at_once(store: jobs.Store,
+                                                          queue: jobs.Queue) -> None:
+    """A job released or retried without backoff is pending again, but the claim of the same
+    flush may not see it (on PostgreSQL it is one statement, one snapshot): the flush says
+    so, and the loop claims again on its next turn instead of at the next poll."""
+    queue.register("noop", lambda args: None)
+    queue.enqueue_many([jobs.Sub("noop") for _ in range(4)])
+    d = dispatcher(store, queue)
+    done, later, now_retry, released = claim(d, 4)
+    error = jobs.JobError("ActorExited", "actor exited with signal 9 (SIGKILL)")
+    d.add_write(done, Complete("null"))
+    d.add_write(later, Retry(time.time() + 60, error))
+    assert d.flush(time.time()).requeued is False
+    d.add_write(now_retry, Retry(time.time(), error))
+    assert d.flush(time.time()).requeued is True
+    d.add_write(released, Release())
+    assert d.flush(time.time()).requeued is True
+    d.want["default"] = 4
+    d.flush(time.time())  # the next turn's claim finds both
+    assert {r.job.job_id for r in d.ready["default"]} == {now_retry.job_id, released.job_id}
