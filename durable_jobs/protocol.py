@@ -123,6 +123,7 @@ class Lease(NamedTuple):
     attempt: int
     max_attempts: int
     steps: tuple[StoredStep, ...] = ()
+    timeout: float | None = None  # the supervisor enforces it; the actor only needs to know
 
 
 @dataclass(frozen=True)

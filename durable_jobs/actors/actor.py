@@ -97,6 +97,19 @@ class Outbox:
             if self.held and time.monotonic() - self.held_since >= older_than:
                 self._send_held()
 
+    def flush_if_free(self, older_than: float) -> None:
+        """``flush`` for the heartbeat thread: never waits for the lock. The main thread
+        may be stuck in a send (the supervisor is gone and the socket's queue is full);
+        the heartbeat thread must still see that and exit. Whoever holds the lock sends
+        what is held before its own message anyway."""
+        if not self.held or not self.lock.acquire(blocking=False):
+            return
+        try:
+            if self.held and time.monotonic() - self.held_since >= older_than:
+                self._send_held()
+        finally:
+            self.lock.release()
+
     def due(self) -> float | None:
         """When the held outcomes must go out (monotonic), or None if none are held."""
         return self.held_since + HOLD_MAX if self.held else None
@@ -197,7 +210,7 @@ class Watchdog(threading.Thread):
                         last_heard = time.monotonic()
                     else:
                         _drain(outbox.wake_read)
-                outbox.flush(older_than=HOLD_MAX)
+                outbox.flush_if_free(older_than=HOLD_MAX)
             if time.monotonic() - last_heard > self.silence_timeout:
                 os._exit(ORPHAN_EXIT)
 
@@ -234,7 +247,8 @@ def boot(channel: Channel) -> tuple[Registry, p.Init]:
 
 
 class JobLoop:
-    """Runs leases one at a time, in the order they came; reports each outcome at once."""
+    """Runs leases one at a time, in the order they came; reports each outcome at once,
+    or (more leases queued, and no timeout to keep) with the next ones (``Outbox.hold``)."""
 
     def __init__(self, channel: Channel, registry: Registry) -> None:
         self.channel = channel
@@ -282,9 +296,11 @@ class JobLoop:
         self.channel.job_id = None
         if outcome is None:
             return
-        if self.leases:
+        if self.leases and lease.timeout is None:
             self.channel.outbox.hold(outcome)  # more to run: send it with the next ones
         else:
+            # A job with a timeout is reported at once: the supervisor times the job at the
+            # head of the actor's leases, and a held outcome would leave it there.
             self.channel.send(outcome)
 
 

@@ -4,11 +4,10 @@ Every write after the claim is guarded by ``lease_owner = me AND status = 'runni
 when the caller passes them, by the claim's ``lease_token``: a job that was paused or
 cancelled and then resumed or retried may be claimed again by the same supervisor, and only
 the token tells the new claim from the stale one. A write that matches no row means the
-lease was lost, and the outcome is dropped. Outcome writes are the dialects' ``finish``:
-on SQLite one guarded ``UPDATE ... RETURNING`` per job (in-process, a statement costs
-microseconds, and BEGIN IMMEDIATE keeps other writers out); on PostgreSQL one
-``SELECT ... FOR UPDATE`` of the rows still ours, then one executemany per kind of write
-(psycopg pipelines it), which measured faster than a single ``UPDATE ... FROM unnest``.
+lease was lost, and the outcome is dropped. Outcome writes are the dialects' ``finish``
+(a select of the rows still ours, locked on PostgreSQL, then one UPDATE per kind of write)
+or, for a busy supervisor's steady state, ``finish_and_claim`` (writes and claims with the
+guards in the statements: one statement on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -148,9 +147,12 @@ def finish_and_claim(driver: Any, dialect: Dialect, owner: str,
     if len({job_id for job_id, _token, _write in items}) != len(items):
         raise ValueError("finish_and_claim: a job appears twice in one batch")
     by_kind: dict[str, list[tuple[Any, ...]]] = {}
-    for job_id, token, write in items:
+    # In id order: rows are locked in that order (as cancel locks them), never in a deadlock.
+    for job_id, token, write in sorted(items, key=lambda item: item[0]):
         by_kind.setdefault(_KIND[type(write)], []).append((job_id, token, *_values(write)))
     queues = [queue for queue, limit in claims.items() if limit > 0 and names]
+    if not by_kind and not queues:
+        return [], {queue: [] for queue in claims}
     params = [claim_params(owner, queue, names, claims[queue], lease_timeout)
               for queue in queues]
     done, claimed = dialect.finish_and_claim(driver, owner, by_kind, params, len(names), now)
@@ -160,6 +162,8 @@ def finish_and_claim(driver: Any, dialect: Dialect, owner: str,
     if conn is not None:
         _after_terminal(conn, dialect, applied, now)
     elif any(row.fan_out_id is not None for row in done):
+        # A caller's mistake, and too late on PostgreSQL (the statement has committed): the
+        # fan-out's counters missed these. Loud, so it cannot pass unnoticed.
         raise ValueError("finish_and_claim: a fan-out's sub-job needs a transaction (conn)")
     for rows in claimed:
         rows.sort(key=lambda r: (-r.priority, r.run_at, r.id))

@@ -9,6 +9,7 @@ commits. A failed flush keeps its buffers and is tried again on the next loop tu
 from __future__ import annotations
 
 import collections
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from durable_jobs.store import leases
 from durable_jobs.store.leases import Release, Write
 from durable_jobs.store.store import Store
 from durable_jobs.supervisor.pool import Running
+
+log = logging.getLogger("durable_jobs.supervisor")
 
 MAX_BATCH = 512  # outcomes per transaction
 
@@ -163,18 +166,41 @@ class Dispatcher:
         done.requeued = _requeued(done.applied, now)
         del self.writes[:len(writes)]
         self.first_write_at = time.monotonic() if self.pending_writes else None
-        with_steps = [r.id for rows in claimed.values() for r in rows if r.checkpoints]
-        steps: dict[str, list[Any]] = {}
-        if with_steps:  # a resumed workflow: its lease is ours, its steps cannot change
-            with store.read() as conn:
-                steps = job_rows.load_steps(conn, with_steps)
+        claimed = self._with_steps(claimed)
         for queue, rows in claimed.items():
-            self.ready[queue].extend(
-                Ready(_running(r), tuple(map(_stored, steps.get(r.id, ())))) for r in rows)
+            self.ready[queue].extend(Ready(_running(r), steps) for r, steps in rows)
             done.claimed[queue] = len(rows)
             done.requested[queue] = want[queue]
             self.want[queue] = 0
         return done
+
+    def _with_steps(self, claimed: dict[str, list[Any]]
+                    ) -> dict[str, list[tuple[Any, tuple[StoredStep, ...]]]]:
+        """Claimed rows with their stored steps, read after the claim committed (a resumed
+        workflow: its lease is ours, its steps cannot change). If that read fails, those
+        jobs are given back (a workflow must never run without its steps); the others go on.
+        """
+        with_steps = [r.id for rows in claimed.values() for r in rows if r.checkpoints]
+        steps: dict[str, list[Any]] = {}
+        if with_steps:
+            try:
+                with self.store.read() as conn:
+                    steps = job_rows.load_steps(conn, with_steps)
+            except Exception:  # noqa: BLE001 - release them, keep the rest of the flush
+                log.exception("could not read the steps of %d claimed jobs; releasing them",
+                              len(with_steps))
+                self._release_claimed(claimed, set(with_steps))
+        return {queue: [(r, tuple(map(_stored, steps[r.id])) if r.checkpoints else ())
+                        for r in rows if not r.checkpoints or r.id in steps]
+                for queue, rows in claimed.items()}
+
+    def _release_claimed(self, claimed: dict[str, list[Any]], ids: set[str]) -> None:
+        held = {r.id: r.lease_token for rows in claimed.values() for r in rows if r.id in ids}
+        try:
+            with self.store.write() as conn:
+                leases.release_owned(conn, self.owner, list(held), held)
+        except Exception:  # noqa: BLE001 - their leases expire and the reaper takes them
+            log.exception("could not release %d claimed jobs", len(held))
 
     def _claim(self, conn: Any, queue: str, limit: int) -> list[Ready]:
         rows = leases.claim(conn, self.store.dialect, self.owner, queue, self.names, limit,

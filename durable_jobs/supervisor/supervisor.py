@@ -375,7 +375,8 @@ class Supervisor(Inbox, Control):
                     job.actor_id = actor.id
                     actor.jobs.append(job)
                     leases.append(p.Lease(job.job_id, job.name, job.queue, job.args,
-                                          job.attempt, job.max_attempts, item.steps))
+                                          job.attempt, job.max_attempts, item.steps,
+                                          job.timeout))
                     if hooked:
                         self.hooks.started(job)
                 if was_idle:

@@ -409,3 +409,11 @@ def test_finish_and_claim_rolls_back_as_a_whole(store: jobs.Store, queue: jobs.Q
         finish_and_claim(store, "w1", [(job_id, token, Complete("1"))], {"default": 1}, ["a"])
     assert row(store, job_id).status == "running"
     assert row(store, job_id).lease_token == token
+
+
+def test_finish_and_claim_with_nothing_to_do_does_nothing(store: jobs.Store,
+                                                          queue: jobs.Queue) -> None:
+    """A supervisor with idle actors but no handler names, and nothing to write."""
+    queue.enqueue("a")
+    assert finish_and_claim(store, "w1", [], {"default": 5}, []) == ([], {"default": []})
+    assert finish_and_claim(store, "w1", [], {}, ["a"]) == ([], {})

@@ -11,6 +11,7 @@ from sqlalchemy import select
 import durable_jobs as jobs
 from durable_jobs.engine.outcomes import Complete, Retry
 from durable_jobs.protocol import Checkpoint
+from durable_jobs.store import jobs as job_rows
 from durable_jobs.store.leases import Release
 from durable_jobs.store.schema import jobs as jobs_table
 from durable_jobs.store.schema import steps
@@ -138,3 +139,30 @@ def test_a_flush_says_when_it_made_a_job_claimable_at_once(store: jobs.Store,
     d.want["default"] = 4
     d.flush(time.time())  # the next turn's claim finds both
     assert {r.job.job_id for r in d.ready["default"]} == {now_retry.job_id, released.job_id}
+
+
+@pytest.mark.timeout(30)
+def test_a_claimed_workflow_whose_steps_cannot_be_read_is_given_back(
+        store: jobs.Store, queue: jobs.Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A workflow must never run without its stored steps: if they cannot be read after the
+    claim, it goes back to pending (its attempt given back); the other claims go on."""
+    d, job_id, job = claimed_workflow(store, queue)
+    d.add_checkpoint(job, Checkpoint(job_id, 0, "step", "completed", '"a"', None, 1))
+    d.flush(time.time())
+    d.add_write(job, Release())
+    d.flush(time.time())
+    plain = queue.enqueue("wf")
+
+    def broken(conn: object, ids: object) -> dict:
+        raise ConnectionError("the database went away")
+
+    monkeypatch.setattr(job_rows, "load_steps", broken)
+    d.want["default"] = 2
+    flushed = d.flush(time.time())
+    assert flushed.claimed == {"default": 1}
+    assert [r.job.job_id for r in d.ready["default"]] == [plain]
+    with store.read() as conn:
+        row = conn.execute(select(jobs_table.c.status, jobs_table.c.attempt,
+                                  jobs_table.c.lease_owner)
+                           .where(jobs_table.c.id == job_id)).one()
+    assert tuple(row) == ("pending", 0, None)
