@@ -41,9 +41,10 @@ class Flushed:
     suspended: list[tuple[Running, FanOutSpec, bool]] = field(default_factory=list)
     claimed: dict[str, int] = field(default_factory=dict)
     requested: dict[str, int] = field(default_factory=dict)
-    #: Some write made a job claimable at once (released, or retried without backoff). A
-    #: claim in the same statement cannot see it (PostgreSQL: one snapshot), so the loop
-    #: claims again on its next turn rather than at the next poll.
+    #: Some write made a job claimable at once (released, retried without backoff, or a
+    #: fan-out's sub-jobs inserted). A claim in the same statement cannot see it
+    #: (PostgreSQL: one snapshot), none may have been wanted in this flush, and our own
+    #: commit wakes nobody: so the loop claims again on its next turn, not at the next poll.
     requeued: bool = False
 
 
@@ -131,7 +132,7 @@ class Dispatcher:
             claimed = {q: self._claim(conn, q, n) for q, n in want.items()}
         job_of = {id(write): job for job, write in writes}
         done.applied = [(job_of[id(write)], write) for _row, write in applied]
-        done.requeued = _requeued(done.applied, now)
+        done.requeued = _requeued(done.applied, now) or any(ok for *_s, ok in done.suspended)
         del self.writes[:len(writes)]
         self.checkpoints, self.suspends = [], []
         self.first_write_at = time.monotonic() if self.pending_writes else None

@@ -166,3 +166,20 @@ def test_a_claimed_workflow_whose_steps_cannot_be_read_is_given_back(
                                   jobs_table.c.lease_owner)
                            .where(jobs_table.c.id == job_id)).one()
     assert tuple(row) == ("pending", 0, None)
+
+
+@pytest.mark.timeout(30)
+def test_a_flush_that_starts_a_fan_out_has_the_loop_claim_its_sub_jobs_at_once(
+        store: jobs.Store, queue: jobs.Queue) -> None:
+    """Our own commit wakes nobody, and no claim may have been wanted in that flush."""
+    from durable_jobs.engine.durable import FanOutSpec, SubSpec
+
+    queue.register("noop", lambda args: None)
+    d, _job_id, parent = claimed_workflow(store, queue)
+    subs = tuple(SubSpec("noop", "null", None, None, None, None) for _ in range(3))
+    d.add_suspend(parent, FanOutSpec(0, subs, "collect_all", None, None, None, None, False))
+    flushed = d.flush(time.time())
+    assert [ok for *_rest, ok in flushed.suspended] == [True]
+    assert flushed.requeued is True and flushed.claimed == {}
+    d.want["default"] = 5
+    assert d.flush(time.time()).claimed == {"default": 3}
