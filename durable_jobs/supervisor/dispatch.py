@@ -17,7 +17,7 @@ from typing import Any
 
 from durable_jobs.engine.durable import FanOutSpec, StoredStep, SubSpec
 from durable_jobs.engine.options import HandlerOptions, Resolved, resolve
-from durable_jobs.engine.outcomes import Retry
+from durable_jobs.engine.outcomes import Complete, Fail, Retry
 from durable_jobs.engine.registry import Registry
 from durable_jobs.engine.rows import new_ids
 from durable_jobs.protocol import Checkpoint
@@ -132,7 +132,7 @@ class Dispatcher:
             claimed = {q: self._claim(conn, q, n) for q, n in want.items()}
         job_of = {id(write): job for job, write in writes}
         done.applied = [(job_of[id(write)], write) for _row, write in applied]
-        done.requeued = _requeued(done.applied, now) or any(ok for *_s, ok in done.suspended)
+        done.requeued = _requeued(applied, now) or any(ok for *_s, ok in done.suspended)
         del self.writes[:len(writes)]
         self.checkpoints, self.suspends = [], []
         self.first_write_at = time.monotonic() if self.pending_writes else None
@@ -164,7 +164,7 @@ class Dispatcher:
                     self.lease_timeout, now)
         job_of = {id(write): job for job, write in writes}
         done.applied = [(job_of[id(write)], write) for _row, write in applied]
-        done.requeued = _requeued(done.applied, now)
+        done.requeued = _requeued(applied, now)
         del self.writes[:len(writes)]
         self.first_write_at = time.monotonic() if self.pending_writes else None
         claimed = self._with_steps(claimed)
@@ -266,10 +266,13 @@ class Dispatcher:
             self.ready[queue] = collections.deque(r for r in items if id(r.job) not in gone)
 
 
-def _requeued(applied: list[tuple[Running, Write]], now: float) -> bool:
-    """Whether a written job is claimable at once: released, or retried without backoff."""
+def _requeued(applied: list[tuple[Any, Write]], now: float) -> bool:
+    """Whether a write (``(Finished row, write)``) may have made a job claimable at once:
+    released, retried without backoff, or a fan-out's sub-job ended (its parent may have
+    resumed: the wake-up it sends is our own, which SQLite's listener forgets)."""
     return any(isinstance(write, Release) or (isinstance(write, Retry) and write.run_at <= now)
-               for _job, write in applied)
+               or (row.fan_out_id is not None and isinstance(write, Complete | Fail))
+               for row, write in applied)
 
 
 def _one_pass(writes: list[tuple[Running, Write]]) -> bool:

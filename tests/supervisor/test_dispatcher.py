@@ -183,3 +183,19 @@ def test_a_flush_that_starts_a_fan_out_has_the_loop_claim_its_sub_jobs_at_once(
     assert flushed.requeued is True and flushed.claimed == {}
     d.want["default"] = 5
     assert d.flush(time.time()).claimed == {"default": 3}
+
+
+def test_which_writes_make_the_loop_claim_again_at_once() -> None:
+    from durable_jobs.engine.outcomes import Fail
+    from durable_jobs.store.dialects.common import Finished
+    from durable_jobs.supervisor.dispatch import _requeued
+
+    now = time.time()
+    plain, sub = Finished("a", None, "t"), Finished("b", "fan-out-1", "t")
+    error = jobs.JobError("ValueError", "boom")
+    assert not _requeued([(plain, Complete("1")), (plain, Fail(error)),
+                          (plain, Retry(now + 5, error)), (sub, Retry(now + 5, error))], now)
+    assert _requeued([(plain, Release())], now)
+    assert _requeued([(plain, Retry(now, error))], now)
+    assert _requeued([(sub, Complete("1"))], now)  # its parent may have resumed
+    assert _requeued([(sub, Fail(error))], now)
