@@ -234,7 +234,7 @@ class PostgreSQLDialect:
             params.update(claim)  # the names and the lease are the same for every claim
             params.update({f"queue_{i}": claim["queue"], f"limit_{i}": claim["limit"],
                            f"token_{i}": claim["token"]})
-        sql = flush_sql(tuple(finishes), len(claims)).sql(names)
+        sql = flush_sql(tuple(sorted(finishes)), len(claims)).sql(names)  # few statements
         done: list[Any] = []
         claimed: list[list[Any]] = [[] for _ in claims]
         with driver.cursor() as cursor:
