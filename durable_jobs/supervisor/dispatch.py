@@ -15,7 +15,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from durable_jobs.engine.durable import FanOutSpec, StoredStep, SubSpec
+from durable_jobs.engine.errors import DurableJobsError
 from durable_jobs.engine.options import HandlerOptions, Resolved, resolve
 from durable_jobs.engine.outcomes import Complete, Fail, Retry
 from durable_jobs.engine.registry import Registry
@@ -28,6 +31,8 @@ from durable_jobs.store.store import Store
 from durable_jobs.supervisor.pool import Running
 
 log = logging.getLogger("durable_jobs.supervisor")
+#: What a lost or failing database raises through the store.
+STORE_ERRORS = (SQLAlchemyError, OSError, DurableJobsError)
 
 MAX_BATCH = 512  # outcomes per transaction
 
@@ -187,7 +192,7 @@ class Dispatcher:
             try:
                 with self.store.read() as conn:
                     steps = job_rows.load_steps(conn, with_steps)
-            except Exception:  # noqa: BLE001 - release them, keep the rest of the flush
+            except STORE_ERRORS:  # release them, keep the rest of the flush
                 log.exception("could not read the steps of %d claimed jobs; releasing them",
                               len(with_steps))
                 self._release_claimed(claimed, set(with_steps))
@@ -200,7 +205,7 @@ class Dispatcher:
         try:
             with self.store.write() as conn:
                 leases.release_owned(conn, self.owner, list(held), held)
-        except Exception:  # noqa: BLE001 - their leases expire and the reaper takes them
+        except STORE_ERRORS:  # their leases expire and the reaper takes them
             log.exception("could not release %d claimed jobs", len(held))
 
     def _claim(self, conn: Any, queue: str, limit: int) -> list[Ready]:
