@@ -91,10 +91,10 @@ class Outbox:
                 except BlockingIOError:
                     pass  # the pipe is full of wake-ups already
 
-    def flush(self, older_than: float = 0.0) -> None:
-        """Send what is held (only if it has waited ``older_than`` seconds)."""
+    def flush(self) -> None:
+        """Send what is held."""
         with self.lock:
-            if self.held and time.monotonic() - self.held_since >= older_than:
+            if self.held:
                 self._send_held()
 
     def flush_if_free(self, older_than: float) -> None:

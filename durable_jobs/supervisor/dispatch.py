@@ -135,18 +135,29 @@ class Dispatcher:
                                     {job.job_id: job.token or ""})
                 done.suspended.append((job, spec, ok))
             claimed = {q: self._claim(conn, q, n) for q, n in want.items()}
+        self.checkpoints, self.suspends = [], []
+        self._written(done, writes, applied, now)
+        done.requeued |= any(ok for *_s, ok in done.suspended)
+        self._take(done, claimed, want)
+        return done
+
+    def _written(self, done: Flushed, writes: list[tuple[Running, Write]],
+                 applied: list[tuple[Any, Write]], now: float) -> None:
+        """After the commit: report the writes applied, forget the buffered ones."""
         job_of = {id(write): job for job, write in writes}
         done.applied = [(job_of[id(write)], write) for _row, write in applied]
-        done.requeued = _requeued(applied, now) or any(ok for *_s, ok in done.suspended)
+        done.requeued = _requeued(applied, now)
         del self.writes[:len(writes)]
-        self.checkpoints, self.suspends = [], []
         self.first_write_at = time.monotonic() if self.pending_writes else None
+
+    def _take(self, done: Flushed, claimed: dict[str, list[Ready]],
+              want: dict[str, int]) -> None:
+        """After the commit: buffer the claimed jobs for idle actors."""
         for queue, batch in claimed.items():
             self.ready[queue].extend(batch)
             done.claimed[queue] = len(batch)
             done.requested[queue] = want[queue]
             self.want[queue] = 0
-        return done
 
     def _flush_one_pass(self, writes: list[tuple[Running, Write]], want: dict[str, int],
                         now: float) -> Flushed:
@@ -167,21 +178,11 @@ class Dispatcher:
                 applied, claimed = leases.finish_and_claim(
                     driver, store.dialect, self.owner, items, want, self.names,
                     self.lease_timeout, now)
-        job_of = {id(write): job for job, write in writes}
-        done.applied = [(job_of[id(write)], write) for _row, write in applied]
-        done.requeued = _requeued(applied, now)
-        del self.writes[:len(writes)]
-        self.first_write_at = time.monotonic() if self.pending_writes else None
-        claimed = self._with_steps(claimed)
-        for queue, rows in claimed.items():
-            self.ready[queue].extend(Ready(_running(r), steps) for r, steps in rows)
-            done.claimed[queue] = len(rows)
-            done.requested[queue] = want[queue]
-            self.want[queue] = 0
+        self._written(done, writes, applied, now)
+        self._take(done, self._with_steps(claimed), want)
         return done
 
-    def _with_steps(self, claimed: dict[str, list[Any]]
-                    ) -> dict[str, list[tuple[Any, tuple[StoredStep, ...]]]]:
+    def _with_steps(self, claimed: dict[str, list[Any]]) -> dict[str, list[Ready]]:
         """Claimed rows with their stored steps, read after the claim committed (a resumed
         workflow: its lease is ours, its steps cannot change). If that read fails, those
         jobs are given back (a workflow must never run without its steps); the others go on.
@@ -196,8 +197,7 @@ class Dispatcher:
                 log.exception("could not read the steps of %d claimed jobs; releasing them",
                               len(with_steps))
                 self._release_claimed(claimed, set(with_steps))
-        return {queue: [(r, tuple(map(_stored, steps[r.id])) if r.checkpoints else ())
-                        for r in rows if not r.checkpoints or r.id in steps]
+        return {queue: _ready([r for r in rows if not r.checkpoints or r.id in steps], steps)
                 for queue, rows in claimed.items()}
 
     def _release_claimed(self, claimed: dict[str, list[Any]], ids: set[str]) -> None:
@@ -212,10 +212,7 @@ class Dispatcher:
         rows = leases.claim(conn, self.store.dialect, self.owner, queue, self.names, limit,
                             self.lease_timeout)
         with_steps = [r.id for r in rows if r.checkpoints]
-        if not with_steps:
-            return [Ready(_running(r), ()) for r in rows]
-        steps = job_rows.load_steps(conn, with_steps)
-        return [Ready(_running(r), tuple(map(_stored, steps.get(r.id, ())))) for r in rows]
+        return _ready(rows, job_rows.load_steps(conn, with_steps) if with_steps else {})
 
     def _fan_out_rows(self, job: Running, spec: FanOutSpec,
                       now: float) -> tuple[dict[str, Any], list[tuple[Any, ...]]]:
@@ -289,6 +286,11 @@ def _one_pass(writes: list[tuple[Running, Write]]) -> bool:
             return False
         ids.add(job.job_id)
     return True
+
+
+def _ready(rows: list[Any], steps: dict[str, list[Any]]) -> list[Ready]:
+    """Claimed rows as jobs for actors, each with its stored steps (if any) for replay."""
+    return [Ready(_running(r), tuple(map(_stored, steps.get(r.id, ())))) for r in rows]
 
 
 def _running(row: Any) -> Running:
