@@ -16,6 +16,7 @@ after a slow one, so a finished job is never reported late because the next one 
 from __future__ import annotations
 
 import collections
+import gc
 import os
 import signal
 import sys
@@ -315,6 +316,7 @@ def main(args: ActorArgs) -> None:
     context = zmq.Context()
     channel = Channel(context, args)
     registry, init = boot(channel)
+    gc.freeze()  # the modules and handlers loaded at boot stay: full passes skip them
     Watchdog(context, args, channel, init.silence_timeout).start()
     serve(channel, registry)
     channel.close()

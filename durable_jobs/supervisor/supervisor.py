@@ -9,6 +9,7 @@ deadline. Business rules live below it: ``decide`` (engine), the store, the pool
 from __future__ import annotations
 
 import collections
+import gc
 import logging
 import os
 import shutil
@@ -149,6 +150,9 @@ class Supervisor(Inbox, Control):
                                      os.getpid(), {q: s.concurrency for q, s in
                                                    self.options.queues.items()})
         self.duties.start(time.monotonic(), time.time())
+        # What exists now (modules, the engine, the registry) lives as long as the process:
+        # keep the collector's full passes from walking it again and again under load.
+        gc.freeze()
         log.info("supervisor %s started: queues %s", self.id,
                  {q: s.concurrency for q, s in self.options.queues.items()})
 
