@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, inspect, select
 
 from durable_jobs.store.dialects import Dialect
-from durable_jobs.store.schema import metadata, schema_version, unique_key_index
+from durable_jobs.store.schema import lease_index, metadata, schema_version, unique_key_index
 
 if TYPE_CHECKING:
     from durable_jobs.store.store import Store
@@ -30,7 +30,14 @@ def _v2_unique_key_without_nulls(conn: Connection, dialect: Dialect) -> None:
     unique_key_index.create(conn)
 
 
-STEPS: list[Callable[[Connection, Dialect], None]] = [_v1_initial, _v2_unique_key_without_nulls]
+def _v3_lease_index(conn: Connection, dialect: Dialect) -> None:
+    """The reaper's index covers leased rows, not running ones (see ``schema.lease_index``)."""
+    conn.exec_driver_sql("DROP INDEX IF EXISTS jobs_running")
+    lease_index.create(conn, checkfirst=True)
+
+
+STEPS: list[Callable[[Connection, Dialect], None]] = [
+    _v1_initial, _v2_unique_key_without_nulls, _v3_lease_index]
 
 
 def current_version(conn: Connection) -> int:

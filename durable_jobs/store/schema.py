@@ -83,7 +83,12 @@ _partial(
 UNIQUE_KEY_WHERE = f"unique_key IS NOT NULL AND {NON_TERMINAL_SQL}"
 unique_key_index = _partial("jobs_unique_key", jobs.c.unique_key, where=UNIQUE_KEY_WHERE,
                             unique=True)
-_partial("jobs_running", jobs.c.lease_expires_at, where="status = 'running'")
+# The reaper's index: leases by expiry ("lease_expires_at < now" implies the predicate).
+# Not "WHERE status = 'running'": the guarded writes look jobs up by id AND status =
+# 'running', and with statistics taken while few jobs ran, the planner preferred scanning
+# that small-looking index to the primary key, in every lookup of every flush.
+lease_index = _partial("jobs_leased", jobs.c.lease_expires_at,
+                       where="lease_expires_at IS NOT NULL")
 _partial("jobs_parent", jobs.c.parent_id, where="parent_id IS NOT NULL")
 _partial("jobs_fan_out", jobs.c.fan_out_id, jobs.c.fan_out_index, where="fan_out_id IS NOT NULL")
 

@@ -22,7 +22,7 @@ from durable_jobs.engine.rows import build_row
 from durable_jobs.store import leases, migrations
 from durable_jobs.store.schema import jobs as jobs_table
 from durable_jobs.store.schema import schema_version
-from tests.helpers import run_in_processes
+from tests.helpers import run_in_processes, wait_until
 
 ERR = jobs.JobError("ValueError", "boom")
 NON_TERMINAL = ["pending", "running", "waiting", "paused"]
@@ -247,6 +247,39 @@ def test_migrate_from_many_threads_on_a_fresh_database(backend: str, tmp_path: A
     check_migrated(url)
 
 
+
+def test_upgrade_from_version_2_moves_the_reapers_index(backend: str, tmp_path: Any,
+                                                       request: pytest.FixtureRequest) -> None:
+    """Version 3 replaces the index over running jobs by one over leased jobs; the jobs
+    stay and the reaper still finds expired leases."""
+    store = jobs.Store(fresh_url(backend, tmp_path, request))
+    try:
+        store.migrate()
+        with store.write() as conn:  # back to what version 2 left
+            conn.exec_driver_sql("DROP INDEX jobs_leased")
+            conn.exec_driver_sql("CREATE INDEX jobs_running ON jobs (lease_expires_at) "
+                                 "WHERE status = 'running'")
+            conn.execute(schema_version.update().values(version=2))
+        queue = jobs.Queue(store)
+        job_id = queue.enqueue("a")
+        assert store.migrate() == 3 == len(migrations.STEPS)
+        with store.read() as conn:
+            indexes = {index["name"] for index in inspect(conn).get_indexes("jobs")}
+        assert "jobs_leased" in indexes and "jobs_running" not in indexes
+        with store.write() as conn:
+            assert [r.id for r in leases.claim(conn, store.dialect, "w1", "default", ["a"],
+                                               1, 0.0)] == [job_id]
+
+        def reclaim() -> list[Any]:
+            with store.write() as conn:
+                return leases.reclaim_expired(conn, store.dialect, time.time())
+
+        reclaimed = wait_until(reclaim, timeout=5, message="the reaper to see the lease")
+        assert [row.id for row, _write in reclaimed] == [job_id]
+        assert queue.get(job_id).status is jobs.Status.PENDING
+    finally:
+        store.dispose()
+
 # -- bad input writes nothing --------------------------------------------------------------
 
 BAD_NAMES = ["abc\n", "1abc", "", "a" * 256, "a b", "-a", "a/b", "é"]
@@ -416,7 +449,7 @@ def test_v1_database_migrates_to_a_unique_index_without_null_keys(
             queue.enqueue("a", unique="k1")
         assert caught.value.job_id == held
         assert "IS NOT NULL" not in unique_index_sql(store).upper()
-        assert store.migrate() == len(migrations.STEPS) == 2
+        assert store.migrate() == len(migrations.STEPS)
         assert "IS NOT NULL" in unique_index_sql(store).upper()
         with pytest.raises(jobs.DuplicateJobError) as caught:
             queue.enqueue("a", unique="k1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -417,3 +418,77 @@ def test_finish_and_claim_with_nothing_to_do_does_nothing(store: jobs.Store,
     queue.enqueue("a")
     assert finish_and_claim(store, "w1", [], {"default": 5}, []) == ([], {"default": []})
     assert finish_and_claim(store, "w1", [], {}, ["a"]) == ([], {})
+
+
+# -- plans: guarded writes find their rows by primary key ---------------------------------
+
+
+class Explaining:
+    """A driver connection stand-in that keeps the statements a dialect runs (and returns
+    no rows), so the test can ask PostgreSQL how it would run them."""
+
+    def __init__(self) -> None:
+        self.statements: list[tuple[str, Any]] = []
+
+    def cursor(self) -> Explaining:
+        return self
+
+    def __enter__(self) -> Explaining:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Nothing to close."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def execute(self, sql: str, params: Any = None) -> Explaining:
+        self.statements.append((sql, params))
+        return self
+
+    def fetchall(self) -> list[Any]:
+        return []
+
+
+def plan_scans(node: dict[str, Any]) -> list[tuple[str, str]]:
+    """(node type, index name) of every scan of the jobs table in a JSON plan."""
+    found = []
+    if node.get("Relation Name") == "jobs" and node["Node Type"].endswith("Scan"):
+        found.append((node["Node Type"], node.get("Index Name", "")))
+    for child in node.get("Plans", []):
+        found += plan_scans(child)
+    return found
+
+
+@pytest.fixture
+def pg_store(pg_server: Any) -> Iterator[jobs.Store]:
+    pg_server.truncate()
+    store = jobs.Store(pg_server.url)
+    yield store
+    store.dispose()
+
+
+def test_flush_and_checkpoints_look_jobs_up_by_primary_key_whatever_the_statistics(
+        pg_store: jobs.Store) -> None:
+    """PostgreSQL's plans. Statistics taken while nothing ran (a queue at rest, then a
+    burst) must not make the planner scan every running job for each guarded write (as a
+    partial index over running jobs once did), nor a claim scan the whole table."""
+    store, queue = pg_store, jobs.Queue(pg_store)
+    queue.enqueue_many([jobs.Sub("a") for _ in range(20_000)])
+    with store.autocommit() as conn:
+        conn.exec_driver_sql("ANALYZE jobs")  # statistics: 20,000 pending, none running
+    taken = claim(store, ["a"], limit=1000)
+    spy = Explaining()
+    for size in (1, 200):  # a quiet flush, a busy one
+        items = [(r.id, r.lease_token, Complete("1")) for r in taken[:size]]
+        leases.finish_and_claim(spy, store.dialect, "w1", items, {"default": size}, ["a"],
+                                30.0, time.time())
+        rows = [step(r.id, 0, r.lease_token) for r in taken[-size:]]
+        leases.save_checkpoints(spy, store.dialect, "w1", rows, time.time())
+    assert len(spy.statements) == 4
+    for sql, params in spy.statements:
+        with store.driver_write() as driver, driver.cursor() as cursor:
+            plan = cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params).fetchone()[0]
+        scans = plan_scans(plan[0]["Plan"])
+        assert scans and all(index in ("jobs_pkey", "jobs_claim") for _type, index in scans), (
+            f"{scans} in the plan of {sql[:60]!r}")
