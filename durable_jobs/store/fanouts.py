@@ -77,38 +77,49 @@ def decide(conn: Connection, dialect: Dialect, fan_out: Any, verdict: str,
     return _wake_parent(conn, fan_out.parent_id, now)
 
 
-def _results(conn: Connection, fan_out_id: str, total: int) -> list[dict[str, Any]]:
+def _results(conn: Connection, fan_out_id: str, total: int) -> list[tuple[str, str | None]]:
+    """Each sub-job's ``(value, error)`` in input order, as JSON text (error None when it
+    succeeded). Stored results and errors are JSON already: they are passed on as text,
+    not decoded and encoded again (for a large fan-out that was most of deciding it)."""
     rows = conn.execute(
         select(jobs.c.fan_out_index, jobs.c.status, jobs.c.result, jobs.c.error)
-        .where(jobs.c.fan_out_id == fan_out_id).order_by(jobs.c.fan_out_index)
+        .where(jobs.c.fan_out_id == fan_out_id)
     )
-    results: list[dict[str, Any]] = [
-        {"index": i, "value": None, "error": UNFINISHED.to_json()} for i in range(total)
-    ]
+    entries: list[tuple[str, str | None]] = [("null", _UNFINISHED)] * total
     for index, status, result, error in rows:
-        entry = results[index]
         if status == "completed":
-            entry["value"] = json.loads(result) if result is not None else None
-            entry["error"] = None
+            entries[index] = (result if result is not None else "null", None)
         elif status == "failed":
-            entry["error"] = json.loads(error) if error else UNFINISHED.to_json()
+            entries[index] = ("null", error or _UNFINISHED)
         elif status == "cancelled":
-            entry["error"] = CANCELLED.to_json()
-    return results
+            entries[index] = ("null", _CANCELLED)
+    return entries
+
+
+_UNFINISHED = json.dumps(UNFINISHED.to_json())
+_CANCELLED = json.dumps(CANCELLED.to_json())
+
+
+def _results_json(entries: list[tuple[str, str | None]]) -> str:
+    """The ``jobs.Result`` list of a fan-out step: ``[{"index", "value", "error"}, ...]``."""
+    return "[" + ", ".join(f'{{"index": {index}, "value": {value}, "error": {error or "null"}}}'
+                           for index, (value, error) in enumerate(entries)) + "]"
 
 
 def _store_step(conn: Connection, fan_out: Any, verdict: str,
-                results: list[dict[str, Any]], now: float) -> None:
+                entries: list[tuple[str, str | None]], now: float) -> None:
+    results = _results_json(entries)
     if verdict == "succeeded":
-        status, result, error = "completed", json.dumps(results), None
+        status, result, error = "completed", results, None
     else:
-        failed = sum(1 for r in results if r["error"] is not None)
+        failed = sum(1 for _value, err in entries if err is not None)
         kind = "FanOutTimeoutError" if verdict == "timed_out" else "FanOutFailedError"
         message = (f"fan-out timed out with {failed} of {fan_out.total} sub-jobs unfinished "
                    f"or failed" if verdict == "timed_out"
                    else f"fan-out failed: {failed} of {fan_out.total} sub-jobs did not succeed")
         status, result = "failed", None
-        error = json.dumps({"type": kind, "message": message, "results": results})
+        error = (f'{{"type": {json.dumps(kind)}, "message": {json.dumps(message)}, '
+                 f'"results": {results}}}')
     conn.execute(steps.insert().values(job_id=fan_out.parent_id, position=fan_out.position,
                                        name=FAN_OUT_STEP, status=status, result=result,
                                        error=error, span=0, created_at=now))
