@@ -22,7 +22,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from durable_jobs.engine.errors import (
     DurableJobsError,
@@ -33,7 +33,15 @@ from durable_jobs.engine.errors import (
     NoRetry,
     PayloadTooLargeError,
 )
-from durable_jobs.engine.fanout import CollectAll, FailFast, Result, Strategy, Sub, Threshold
+from durable_jobs.engine.fanout import (
+    CollectAll,
+    FailFast,
+    Result,
+    Strategy,
+    Sub,
+    Threshold,
+    checked_once,
+)
 from durable_jobs.engine.options import HandlerOptions, check_name, encode_json, to_seconds
 from durable_jobs.engine.registry import Handler, Registry, coerce_args
 
@@ -61,9 +69,9 @@ class StoredStep:
     span: int = 0
 
 
-@dataclass(frozen=True)
-class SubSpec:
-    """A fan-out sub-job, validated and with its args already encoded."""
+class SubSpec(NamedTuple):
+    """A fan-out sub-job, validated and with its args already encoded (a named tuple: a
+    fan-out may carry 10,000 of them to the supervisor)."""
 
     name: str
     args: str
@@ -242,7 +250,7 @@ def fan_out(subs: Sequence[Sub], strategy: Strategy | None = None, *, queue: str
         return _stored_results(stored)
     kind, threshold = _strategy_fields(strategy or FailFast())
     HandlerOptions(retries=retries, queue=queue)  # bad options fail here, in the handler
-    specs = tuple(_sub_spec(sub) for sub in subs)
+    specs = _sub_specs(subs)
     if not specs:
         execution.runtime.checkpoint(position, FAN_OUT_STEP, "completed", "[]", None, 0)
         return []
@@ -250,14 +258,25 @@ def fan_out(subs: Sequence[Sub], strategy: Strategy | None = None, *, queue: str
                              to_seconds(timeout, "timeout"), bool(cancel_on_parent_failure)))
 
 
-def _sub_spec(sub: Sub) -> SubSpec:
-    if not isinstance(sub, Sub):
-        raise TypeError(f"fan_out takes jobs.Sub items, got {type(sub).__name__}")
+def _sub_specs(subs: Sequence[Sub]) -> tuple[SubSpec, ...]:
+    """The sub-jobs validated, their args encoded. Options are checked once per distinct
+    set (as ``enqueue_many`` does), so most of the work per sub-job is encoding its args."""
+    checked: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    specs = []
+    for sub in subs:
+        if not isinstance(sub, Sub):
+            raise TypeError(f"fan_out takes jobs.Sub items, got {type(sub).__name__}")
+        options = checked_once(checked, sub, _checked_options)
+        specs.append(SubSpec(options[0], encode_json(sub.args), *options[1:]))
+    return tuple(specs)
+
+
+def _checked_options(sub: Sub) -> tuple[Any, ...]:
+    """(name, priority, retries, queue, timeout in seconds) of a valid sub-job."""
     check_name(sub.name)
     timeout = to_seconds(sub.timeout, "timeout")
     HandlerOptions(sub.retries, timeout, sub.queue, sub.priority)  # validates each option
-    return SubSpec(sub.name, encode_json(sub.args), sub.priority, sub.retries, sub.queue,
-                   timeout)
+    return sub.name, sub.priority, sub.retries, sub.queue, timeout
 
 
 def _stored_results(stored: StoredStep) -> list[Result]:

@@ -7,8 +7,10 @@ decided; nothing here does I/O.
 from __future__ import annotations
 
 import math
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from durable_jobs.engine.errors import JobError
 
@@ -23,6 +25,24 @@ class Sub:
     retries: int | None = None
     queue: str | None = None
     timeout: float | None = None
+
+
+T = TypeVar("T")
+_OPTIONS = operator.attrgetter("name", "retries", "timeout", "queue", "priority")
+
+
+def checked_once(checked: dict[tuple[Any, ...], T], sub: Sub, check: Callable[[Sub], T]) -> T:
+    """``check(sub)`` (which validates its name and options, and returns what they resolve
+    to), or what it returned for an earlier Sub with equal ones. (Equal, not identical:
+    after ``priority=1``, ``priority=True`` passes as 1; what is stored is always valid.)"""
+    key = _OPTIONS(sub)
+    try:
+        found = checked.get(key)
+    except TypeError:  # an unhashable option: checking it names the problem
+        return check(sub)
+    if found is None:
+        found = checked[key] = check(sub)
+    return found
 
 
 @dataclass(frozen=True)

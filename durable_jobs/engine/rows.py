@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import array
-import operator
+import functools
 import os
 import sys
 import threading
@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from durable_jobs.engine.fanout import Sub
+from durable_jobs.engine.fanout import Sub, checked_once
 from durable_jobs.engine.options import (
     HandlerOptions,
     check_name,
@@ -140,11 +140,11 @@ def iter_rows(registry: Registry, items: list[Sub], now: float) -> Iterator[tupl
     """Rows for many jobs at ``now``, one at a time so they can stream into COPY as they
     are made; options are resolved once per distinct job shape."""
     shapes: dict[tuple[Any, ...], Shape] = {}
+    check = functools.partial(_sub_shape, registry)
     for job_id, sub in zip(new_ids(len(items)), items, strict=True):
         if not isinstance(sub, Sub):
             raise TypeError(f"expected jobs.Sub items, got {type(sub).__name__}")
-        key = _sub_options(sub)
-        shape = shapes.get(key) or shapes.setdefault(key, _sub_shape(registry, sub))
+        shape = checked_once(shapes, sub, check)
         if shape.typed:
             coerce_args(registry.handlers[sub.name], sub.args)
         yield (job_id, sub.name, shape.queue, encode_json(sub.args), *shape.options, now,
@@ -160,7 +160,6 @@ class Shape(NamedTuple):
     options: tuple[Any, ...]
 
 
-_sub_options = operator.attrgetter("name", "retries", "timeout", "queue", "priority")
 _REMEMBERED = 1024  # shapes kept per registry; a producer rarely uses more
 
 

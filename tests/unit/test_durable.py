@@ -578,6 +578,12 @@ def test_fan_out_inside_a_step_takes_the_next_nested_position() -> None:
     (["not a Sub"], None, TypeError),
     ([jobs.Sub("bad name!")], None, jobs.InvalidNameError),
     ([jobs.Sub("item", object())], None, TypeError),
+    # Options are checked once per distinct set: a bad one after good ones still fails.
+    ([jobs.Sub("item", i) for i in range(5)] + [jobs.Sub("item", 5, priority="high")], None,
+     TypeError),
+    ([jobs.Sub("item", i) for i in range(5)] + [jobs.Sub("item", 5, retries=[1])], None,
+     ValueError),  # (an unhashable option)
+    ([jobs.Sub("item", i) for i in range(5)] + [jobs.Sub("item", set())], None, TypeError),
 ])
 def test_fan_out_rejects_bad_input_before_suspending(subs: Any, strategy: Any,
                                                      error: type) -> None:
