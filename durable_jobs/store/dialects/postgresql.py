@@ -85,6 +85,20 @@ FROM v JOIN ok ON ok.id = v.job_id AND (v.token IS NULL OR v.token = ok.lease_to
 RETURNING job_id, position
 """
 
+# The same for one step (a lone workflow's steady state): scalar parameters and a plan the
+# server can keep. PostgreSQL re-plans SAVE_STEPS at every call (its arrays' lengths are
+# unknown to a generic plan), about 0.3 ms of a 0.9 ms checkpoint; this one it plans once.
+SAVE_STEP = """
+WITH ok AS (
+    UPDATE jobs SET checkpoints = checkpoints + 1
+    WHERE id = %(c0)s AND lease_owner = %(owner)s AND status = 'running'
+      AND (%(c7)s::text IS NULL OR lease_token = %(c7)s)
+    RETURNING id
+)
+INSERT INTO steps (job_id, position, name, status, result, error, span, created_at)
+SELECT ok.id, %(c1)s, %(c2)s, %(c3)s, %(c4)s, %(c5)s, %(c6)s, %(now)s FROM ok
+RETURNING job_id, position
+"""
 
 # Outcome writes on the full path (with checkpoints or a fan-out to start in the same
 # transaction): lock the rows still ours (one select), then one UPDATE per kind.
@@ -197,11 +211,16 @@ class PostgreSQLDialect:
                    now: float) -> list[bool]:
         """One statement for the whole batch: count the step on each job still ours
         (locking it, as the outcome writes do) and insert the steps of those jobs only."""
-        columns = list(zip(*rows, strict=True))
-        params = {"owner": owner, "now": now,
-                  **{f"c{i}": list(values) for i, values in enumerate(columns)}}
+        params: dict[str, Any] = {"owner": owner, "now": now}
+        if len(rows) == 1:
+            sql = SAVE_STEP
+            params.update((f"c{i}", value) for i, value in enumerate(rows[0]))
+        else:
+            sql = SAVE_STEPS
+            params.update((f"c{i}", list(values))
+                          for i, values in enumerate(zip(*rows, strict=True)))
         with driver.cursor() as cursor:
-            cursor.execute(SAVE_STEPS, params)
+            cursor.execute(sql, params)
             saved = {(job_id, position) for job_id, position in cursor.fetchall()}
         return [(row[0], row[1]) in saved for row in rows]
 
