@@ -50,6 +50,7 @@ BOOT_TIMEOUT = 60.0
 MAX_DEPTH = 1024  # leases one actor may hold at once when prefetch > 0
 FLUSH_INTERVAL = 0.002
 SQLITE_POLL = 0.005
+_NOBLOCK, _RCVMORE, _SNDMORE = int(zmq.NOBLOCK), int(zmq.RCVMORE), int(zmq.SNDMORE)
 
 
 @dataclass(frozen=True)
@@ -267,13 +268,19 @@ class Supervisor(Inbox, Control):
                 self.poller.register(actor.pidfd, zmq.POLLIN)
 
     def read_messages(self, now: float) -> None:
+        # Frame by frame with int flags: recv_multipart's Python wrapping (flag enums, a
+        # list) cost more than the two receives themselves.
         router = self.router
         while True:
             try:
-                identity, data = router.recv_multipart(zmq.NOBLOCK)
+                identity = router.recv(_NOBLOCK)
             except zmq.Again:
                 return
-            except ValueError:
+            # A message arrives whole: once its first frame is here, so are the others.
+            data = router.recv() if router.getsockopt(_RCVMORE) else None
+            if data is None or router.getsockopt(_RCVMORE):
+                while router.getsockopt(_RCVMORE):
+                    router.recv()
                 log.error("dropped a malformed multipart message")
                 continue
             self.on_message(identity.decode(errors="replace"), data, now)
@@ -476,7 +483,8 @@ class Supervisor(Inbox, Control):
 
     def send(self, actor_id: str, message: Any) -> None:
         try:
-            self.router.send_multipart([actor_id.encode(), p.encode(message)])
+            self.router.send(actor_id.encode(), _SNDMORE)
+            self.router.send(p.encode(message))
         except zmq.ZMQError as exc:
             log.warning("could not send to actor %s: %s", actor_id, exc)
 

@@ -65,15 +65,15 @@ COPY_SQL = f"COPY jobs ({', '.join(INSERT_COLUMNS)}) FROM STDIN"
 # rows: (job_id, position, name, status, result, error, span, lease token or NULL)
 SAVE_STEPS = """
 WITH v AS (
-    SELECT * FROM unnest(%(c0)s::text[], %(c1)s::int[], %(c2)s::text[], %(c3)s::text[],
-                         %(c4)s::text[], %(c5)s::text[], %(c6)s::int[], %(c7)s::text[])
+    SELECT * FROM unnest(%(c0)b::text[], %(c1)b::int[], %(c2)b::text[], %(c3)b::text[],
+                         %(c4)b::text[], %(c5)b::text[], %(c6)b::int[], %(c7)b::text[])
         AS v(job_id, position, name, status, result, error, span, token)
 ), ok AS (
     UPDATE jobs SET checkpoints = jobs.checkpoints + (  -- a job may have several rows in v
         SELECT count(*) FROM v AS mine WHERE mine.job_id = jobs.id
           AND (mine.token IS NULL OR mine.token = jobs.lease_token))
     FROM v
-    WHERE jobs.id = ANY(%(c0)s::varchar[])  -- the primary key finds the rows, whatever the
+    WHERE jobs.id = ANY(%(c0)b::varchar[])  -- the primary key finds the rows, whatever the
       AND jobs.id = v.job_id                -- table's statistics say
       AND jobs.lease_owner = %(owner)s AND jobs.status = 'running'
       AND (v.token IS NULL OR jobs.lease_token = v.token)
