@@ -14,6 +14,7 @@ Run: ``.venv/bin/python benchmarks/throughput.py [--backend sqlite|postgresql|al
 from __future__ import annotations
 
 import argparse
+import gc
 import multiprocessing
 import os
 import sys
@@ -97,6 +98,7 @@ def run_jobs(url: str, name: str, handler: object, args: list[object], prefetch:
     ids = queue.enqueue_many([jobs.Sub(name, a) for a in args])
     start = time.perf_counter()
     worker = queue.worker({"default": 2}, prefetch=prefetch).start()
+    gc.freeze()  # as durable-supervisor does once started (a worker in a thread does not)
     try:
         first = _first_completion(store, ids[0]) if steady else None
         end = wait_all(store, ids)

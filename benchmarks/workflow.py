@@ -39,6 +39,7 @@ Run: ``.venv/bin/python benchmarks/workflow.py [--backend sqlite|postgresql|all]
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import statistics
@@ -140,6 +141,7 @@ def actors_idle(worker: Worker, count: int) -> bool:
 def booted_worker(queue: jobs.Queue, actors: int, **options: Any) -> Iterator[Worker]:
     with queue.worker({"default": actors}, **options) as worker:
         wait_for(lambda: actors_idle(worker, actors), 60, f"{actors} idle actors")
+        gc.freeze()  # as durable-supervisor does once started (a worker in a thread does not)
         yield worker
 
 

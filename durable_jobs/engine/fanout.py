@@ -29,13 +29,14 @@ class Sub:
 
 T = TypeVar("T")
 _OPTIONS = operator.attrgetter("name", "retries", "timeout", "queue", "priority")
+_NUMBERS = operator.attrgetter("retries", "timeout", "priority")
 
 
 def checked_once(checked: dict[tuple[Any, ...], T], sub: Sub, check: Callable[[Sub], T]) -> T:
     """``check(sub)`` (which validates its name and options, and returns what they resolve
-    to), or what it returned for an earlier Sub with equal ones. (Equal, not identical:
-    after ``priority=1``, ``priority=True`` passes as 1; what is stored is always valid.)"""
-    key = _OPTIONS(sub)
+    to), or what it returned for an earlier Sub with the same ones: equal, and numbers of
+    the same types (1, 1.0 and True are equal; only 1 is a valid priority)."""
+    key = (*_OPTIONS(sub), *map(type, _NUMBERS(sub)))
     try:
         found = checked.get(key)
     except TypeError:  # an unhashable option: checking it names the problem

@@ -94,7 +94,8 @@ def cancel_ids(conn: Connection, dialect: Dialect, ids: list[str]) -> list[Any]:
     """Cancel the non-terminal jobs among ``ids``; their open fan-outs close as cancelled.
 
     Returns (id, fan_out_id) of the jobs that were cancelled, for fan-out accounting.
-    The lease owner is kept so the supervisor running a job sees it was cancelled.
+    The lease owner is kept so the supervisor running a job sees it was cancelled; the
+    expiry goes, so the job leaves the reaper's index of leased jobs.
     """
     if not ids:
         return []
@@ -103,7 +104,7 @@ def cancel_ids(conn: Connection, dialect: Dialect, ids: list[str]) -> list[Any]:
         rows = conn.execute(
             update(jobs)
             .where(jobs.c.id.in_(chunk), jobs.c.status.in_(NON_TERMINAL))
-            .values(status="cancelled", paused_from=None,
+            .values(status="cancelled", paused_from=None, lease_expires_at=None,
                     finished_at=literal_column(dialect.now_sql))
             .returning(jobs.c.id, jobs.c.fan_out_id, jobs.c.name, jobs.c.queue)
         ).all()

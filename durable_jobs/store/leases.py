@@ -230,8 +230,10 @@ def reclaim_expired(conn: Connection, dialect: Dialect, now: float,
                     limit: int = 1000) -> list[tuple[Any, Write]]:
     """Jobs whose lease expired go back to pending (an attempt is used) or fail when none
     are left. Judged on the database clock."""
-    query = (select(jobs).where(jobs.c.status == "running",
-                                jobs.c.lease_expires_at < literal_column(dialect.now_sql))
+    # The clock as a subquery, read once: PostgreSQL's clock_timestamp() is volatile, and
+    # compared directly it would be a filter on every leased row, not a range of the index.
+    now_sql = select(literal_column(dialect.now_sql)).scalar_subquery()
+    query = (select(jobs).where(jobs.c.status == "running", jobs.c.lease_expires_at < now_sql)
              .limit(limit))
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)

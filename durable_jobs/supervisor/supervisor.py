@@ -151,9 +151,12 @@ class Supervisor(Inbox, Control):
                                      os.getpid(), {q: s.concurrency for q, s in
                                                    self.options.queues.items()})
         self.duties.start(time.monotonic(), time.time())
-        # What exists now (modules, the engine, the registry) lives as long as the process:
-        # keep the collector's full passes from walking it again and again under load.
-        gc.freeze()
+        if install_signals:
+            # The process is ours (durable-supervisor, worker.run()): what exists now
+            # (modules, the engine, the registry) lives as long as it does, so keep the
+            # collector's full passes from walking it again and again under load. Not in a
+            # host program's thread: frozen objects, ours included, are never collected.
+            gc.freeze()
         log.info("supervisor %s started: queues %s", self.id,
                  {q: s.concurrency for q, s in self.options.queues.items()})
 
@@ -482,9 +485,10 @@ class Supervisor(Inbox, Control):
     # -- messages ------------------------------------------------------------------------
 
     def send(self, actor_id: str, message: Any) -> None:
+        data = p.encode(message)  # first: a failure must not leave half a message sent
         try:
             self.router.send(actor_id.encode(), _SNDMORE)
-            self.router.send(p.encode(message))
+            self.router.send(data)
         except zmq.ZMQError as exc:
             log.warning("could not send to actor %s: %s", actor_id, exc)
 

@@ -118,6 +118,19 @@ def next_event(sub: Any, kind: type, job_id: str, timeout: float = 10.0) -> Any:
 
 
 @pytest.mark.timeout(40)
+def test_a_worker_in_a_thread_leaves_the_host_collector_alone(queue: jobs.Queue) -> None:
+    """Only a supervisor that owns its process freezes the collector's objects: frozen,
+    a stopped worker's objects (and the host's) would never be collected."""
+    import gc
+
+    queue.register("whoami", whoami)
+    frozen = gc.get_freeze_count()
+    with queue.worker({"default": 1}) as worker:
+        assert queue.result(queue.enqueue("whoami"), timeout=15)["pid"] != os.getpid()
+        assert worker.running and gc.get_freeze_count() == frozen
+
+
+@pytest.mark.timeout(40)
 def test_jobs_run_end_to_end(queue: jobs.Queue) -> None:
     queue.register("add-point", add_point)
     queue.register("async-double", async_double)

@@ -163,6 +163,9 @@ def test_cancelled_job_loses_its_lease(store: jobs.Store, queue: jobs.Queue) -> 
     assert finish(store, "w1", [(job_id, Complete("1"))]) == []
     job = queue.get(job_id)
     assert job.status is jobs.Status.CANCELLED and job.result is None
+    # The owner stays (its supervisor sees the cancel); the expiry goes, so the job leaves
+    # the reaper's index of leased jobs.
+    assert (row(store, job_id).lease_owner, row(store, job_id).lease_expires_at) == ("w1", None)
 
 
 def test_reaper_returns_expired_job_to_pending(store: jobs.Store, queue: jobs.Queue) -> None:

@@ -584,6 +584,7 @@ def test_fan_out_inside_a_step_takes_the_next_nested_position() -> None:
     ([jobs.Sub("item", i) for i in range(5)] + [jobs.Sub("item", 5, retries=[1])], None,
      ValueError),  # (an unhashable option)
     ([jobs.Sub("item", i) for i in range(5)] + [jobs.Sub("item", set())], None, TypeError),
+    ([jobs.Sub("item", 1, priority=1), jobs.Sub("item", 2, priority=True)], None, TypeError),
 ])
 def test_fan_out_rejects_bad_input_before_suspending(subs: Any, strategy: Any,
                                                      error: type) -> None:
