@@ -33,7 +33,7 @@ from durable_jobs.engine.options import (
     to_seconds,
 )
 from durable_jobs.engine.registry import Registry
-from durable_jobs.engine.rows import build_row, iter_rows
+from durable_jobs.engine.rows import build_row, collector_paused, iter_rows
 from durable_jobs.engine.schedules import ScheduleSpec
 
 if TYPE_CHECKING:
@@ -198,7 +198,7 @@ class Queue:
                 yield row
 
         store = self.store
-        with store.using(connection) as conn:
+        with collector_paused(), store.using(connection) as conn:
             job_rows.insert_many(conn, store.dialect, rows())
         if self.bus.active:
             for row in made:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import array
+import contextlib
 import functools
+import gc
 import os
 import sys
 import threading
@@ -149,6 +151,24 @@ def iter_rows(registry: Registry, items: list[Sub], now: float) -> Iterator[tupl
             coerce_args(registry.handlers[sub.name], sub.args)
         yield (job_id, sub.name, shape.queue, encode_json(sub.args), *shape.options, now,
                None, None, None, None, 0, now)
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Automatic garbage collection off while a batch of rows is built and written.
+
+    Every row is a tuple that lives until the batch is written, so a large batch set off
+    collection after collection, and full ones walk every object of the process: a quarter
+    of an ``enqueue_many`` of 10,000 jobs. Nothing is lost by waiting: the collector runs
+    again right after (and stays off if it was off when the batch began).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class Shape(NamedTuple):

@@ -224,6 +224,33 @@ def test_enqueue_many_is_all_or_nothing(store: jobs.Store, queue: jobs.Queue) ->
     assert count_jobs(store) == 0
 
 
+def test_enqueue_many_gives_the_collector_back_as_it_found_it(
+        queue: jobs.Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The collector is off while a batch is built and written, and back as it was after,
+    whether the batch was written or refused."""
+    import gc
+
+    insert_many = job_rows.insert_many
+    seen: list[bool] = []
+
+    def spy(*args: Any) -> None:
+        seen.append(gc.isenabled())
+        insert_many(*args)
+
+    monkeypatch.setattr(job_rows, "insert_many", spy)
+    was = gc.isenabled()
+    try:
+        for enabled in (True, False):
+            gc.enable() if enabled else gc.disable()
+            assert len(queue.enqueue_many([jobs.Sub("item", 1)])) == 1
+            with pytest.raises(TypeError):
+                queue.enqueue_many([jobs.Sub("item", 1), jobs.Sub("item", object())])
+            assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
+    assert seen == [False] * 4
+
+
 def test_enqueue_many_rolls_back_on_a_database_error(store: jobs.Store,
                                                      queue: jobs.Queue) -> None:
     (existing,) = queue.enqueue_many([jobs.Sub("item")])
