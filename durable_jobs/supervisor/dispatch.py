@@ -22,7 +22,7 @@ from durable_jobs.engine.errors import DurableJobsError
 from durable_jobs.engine.options import HandlerOptions, Resolved, resolve
 from durable_jobs.engine.outcomes import Complete, Fail, Retry
 from durable_jobs.engine.registry import Registry
-from durable_jobs.engine.rows import new_ids
+from durable_jobs.engine.rows import collector_paused, new_ids
 from durable_jobs.protocol import Checkpoint
 from durable_jobs.store import jobs as job_rows
 from durable_jobs.store import leases
@@ -108,6 +108,12 @@ class Dispatcher:
 
     def flush(self, now: float) -> Flushed:
         """Write buffered outcomes and claim ``want`` jobs per queue, in one transaction."""
+        # Claims and fan-outs make thousands of objects at once that live on (rows, jobs
+        # for actors): collecting while they are made is wasted work.
+        with collector_paused():
+            return self._flush(now)
+
+    def _flush(self, now: float) -> Flushed:
         writes, checkpoints = self.writes[:MAX_BATCH], self.checkpoints
         suspends = self.suspends
         want = {q: n for q, n in self.want.items() if n > 0}
