@@ -445,7 +445,8 @@ class Explaining:
     def close(self) -> None:
         """Nothing to close."""
 
-    def execute(self, sql: str, params: Any = None) -> Explaining:
+    def execute(self, sql: str, params: Any = None, prepare: bool | None = None
+                ) -> Explaining:
         self.statements.append((sql, params))
         return self
 
@@ -495,3 +496,29 @@ def test_flush_and_checkpoints_look_jobs_up_by_primary_key_whatever_the_statisti
         scans = plan_scans(plan[0]["Plan"])
         assert scans and all(index in ("jobs_pkey", "jobs_claim") for _type, index in scans), (
             f"{scans} in the plan of {sql[:60]!r}")
+
+
+def test_batch_statements_are_never_prepared(pg_store: jobs.Store) -> None:
+    """PostgreSQL keeps a generic plan of a prepared statement after a few calls; one made
+    while the table was small scans all of it once it has grown. Statements over batches
+    of jobs are planned at every call instead (a lone checkpoint's is kept: a primary-key
+    lookup whatever the statistics)."""
+    store, queue = pg_store, jobs.Queue(pg_store)
+    queue.enqueue_many([jobs.Sub("a") for _ in range(40)])
+    taken = claim(store, ["a"], limit=30)
+    with store.driver_write() as driver:
+        for i in range(10):  # psycopg prepares a statement on its 5th call
+            rows = [step(r.id, i, r.lease_token) for r in taken[:2]]
+            assert leases.save_checkpoints(driver, store.dialect, "w1", rows, time.time()) == [
+                True, True]
+            lone = [step(taken[2].id, i, taken[2].lease_token)]
+            assert leases.save_checkpoints(driver, store.dialect, "w1", lone, time.time()) == [
+                True]
+            r = taken[3 + i]
+            leases.finish_and_claim(driver, store.dialect, "w1",
+                                    [(r.id, r.lease_token, Complete("1"))], {"default": 1},
+                                    ["a"], 30.0, time.time())
+        with driver.cursor() as cursor:
+            prepared = [text for (text,) in cursor.execute(
+                "SELECT statement FROM pg_prepared_statements")]
+    assert prepared and all("unnest" not in text for text in prepared), prepared
