@@ -195,7 +195,10 @@ class Store:
         """Run one driver-level statement that commits by itself: the enqueue fast path
         (one round trip on PostgreSQL, no SQLAlchemy statement or pool machinery)."""
         with self._direct_connection() as direct:
-            direct.cursor.execute(sql, params)
+            if self.dialect.name == "postgresql":  # an INSERT: its plan fits any table size
+                direct.cursor.execute(sql, params, prepare=True)
+            else:
+                direct.cursor.execute(sql, params)
 
     @contextmanager
     def driver_write(self) -> Iterator[Any]:

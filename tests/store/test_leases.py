@@ -522,3 +522,12 @@ def test_batch_statements_are_never_prepared(pg_store: jobs.Store) -> None:
             prepared = [text for (text,) in cursor.execute(
                 "SELECT statement FROM pg_prepared_statements")]
     assert prepared and all("unnest" not in text for text in prepared), prepared
+    # Nor what goes through SQLAlchemy on pooled connections (renewals, the reaper, reads).
+    with store.write() as conn:
+        for _ in range(10):
+            leases.renew(conn, store.dialect, "w1", [r.id for r in taken[20:25]], 30.0)
+            leases.reclaim_expired(conn, store.dialect, time.time())
+            conn.execute(select(jobs_table.c.status).where(jobs_table.c.id == taken[20].id))
+        assert conn.exec_driver_sql("SELECT count(*) FROM pg_prepared_statements").scalar() == 0
+    job_id = queue.enqueue("a")  # the enqueue's INSERT is prepared: its plan fits any size
+    assert queue.get(job_id).status is jobs.Status.PENDING

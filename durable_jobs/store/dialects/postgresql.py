@@ -11,7 +11,7 @@ import functools
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, event, text
 
 from durable_jobs.store.dialects.common import (
     CLAIM_COLUMNS,
@@ -171,6 +171,11 @@ def flush_sql(kinds: tuple[str, ...], claims: int) -> ClaimSQL:
                     pyformat=True)
 
 
+def _no_automatic_prepare(dbapi_conn: Any, _record: Any) -> None:
+    # A threshold no statement reaches: None would refuse ``prepare=True`` as well.
+    dbapi_conn.prepare_threshold = 2**62
+
+
 class PostgreSQLDialect:
     """The production and multi-host backend (psycopg 3)."""
 
@@ -179,7 +184,15 @@ class PostgreSQLDialect:
     insert_sql = insert_sql("%s")
 
     def configure(self, engine: Engine) -> None:
-        """Nothing: psycopg's defaults suit us."""
+        """No statement is prepared unless asked for (``prepare=True``).
+
+        psycopg prepares a statement on its fifth call, and the server may then keep one
+        generic plan for it, made with the statistics and the table size of that moment: a
+        plan made while a table was small kept scanning all of it once it had grown (see
+        ``UNPREPARED``). Only statements whose plan is the same at any size are prepared:
+        the enqueue's INSERT and a lone checkpoint's primary-key lookup.
+        """
+        event.listen(engine, "connect", _no_automatic_prepare)
 
     def migration_lock(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
