@@ -195,7 +195,7 @@ class Store:
         """Run one driver-level statement that commits by itself: the enqueue fast path
         (one round trip on PostgreSQL, no SQLAlchemy statement or pool machinery)."""
         with self._direct_connection() as direct:
-            if self.dialect.name == "postgresql":  # an INSERT: its plan fits any table size
+            if self.dialect.name == "postgresql":  # parsed once (see PostgreSQLDialect)
                 direct.cursor.execute(sql, params, prepare=True)
             else:
                 direct.cursor.execute(sql, params)

@@ -172,8 +172,15 @@ def flush_sql(kinds: tuple[str, ...], claims: int) -> ClaimSQL:
 
 
 def _no_automatic_prepare(dbapi_conn: Any, _record: Any) -> None:
-    # A threshold no statement reaches: None would refuse ``prepare=True`` as well.
+    # A threshold no statement reaches (None would refuse ``prepare=True`` as well), and
+    # custom plans for the statements prepared on purpose: parsed once, but planned at
+    # every call for the table as it is. (Their generic plans, made after a few calls,
+    # also scanned the whole table once it had grown if it had been analysed while small.)
     dbapi_conn.prepare_threshold = 2**62
+    if dbapi_conn.info.server_version >= 120000:  # plan_cache_mode is new in 12
+        with dbapi_conn.cursor() as cursor:
+            cursor.execute("SET plan_cache_mode = force_custom_plan")
+        dbapi_conn.commit()
 
 
 class PostgreSQLDialect:
@@ -184,13 +191,15 @@ class PostgreSQLDialect:
     insert_sql = insert_sql("%s")
 
     def configure(self, engine: Engine) -> None:
-        """No statement is prepared unless asked for (``prepare=True``).
+        """No statement is prepared unless asked for (``prepare=True``), and none runs on
+        a generic plan.
 
         psycopg prepares a statement on its fifth call, and the server may then keep one
         generic plan for it, made with the statistics and the table size of that moment: a
-        plan made while a table was small kept scanning all of it once it had grown (see
-        ``UNPREPARED``). Only statements whose plan is the same at any size are prepared:
-        the enqueue's INSERT and a lone checkpoint's primary-key lookup.
+        plan made while a table was small (or analysed while small) kept scanning all of it
+        once it had grown (see ``UNPREPARED``). The enqueue's INSERT and a lone
+        checkpoint's statement are prepared, to be parsed once; they too are planned at
+        every call (``plan_cache_mode = force_custom_plan``).
         """
         event.listen(engine, "connect", _no_automatic_prepare)
 
@@ -240,7 +249,7 @@ class PostgreSQLDialect:
             params.update((f"c{i}", list(values))
                           for i, values in enumerate(zip(*rows, strict=True)))
         with driver.cursor() as cursor:
-            # A lone step's plan is a primary-key lookup whatever the statistics: prepared.
+            # A lone step's statement is prepared: parsed once (planned every call).
             cursor.execute(sql, params, prepare=len(rows) == 1 or UNPREPARED)
             saved = {(job_id, position) for job_id, position in cursor.fetchall()}
         return [(row[0], row[1]) in saved for row in rows]
