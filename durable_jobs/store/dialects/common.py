@@ -75,11 +75,9 @@ def run_claim(conn: Connection, claim: ClaimSQL, owner: str, queue: str,
               names: list[str], limit: int, lease_timeout: float) -> list[Any]:
     """Run a dialect's claim statement."""
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    # psycopg: never a prepared statement (see postgresql.UNPREPARED).
-    options = {"prepare": False} if claim.pyformat else {}
     try:
         cursor.execute(claim.sql(len(names)),
-                       claim_params(owner, queue, names, limit, lease_timeout), **options)
+                       claim_params(owner, queue, names, limit, lease_timeout))
         return list(map(ClaimedRow._make, cursor.fetchall()))
     finally:
         cursor.close()

@@ -85,9 +85,9 @@ FROM v JOIN ok ON ok.id = v.job_id AND (v.token IS NULL OR v.token = ok.lease_to
 RETURNING job_id, position
 """
 
-# The same for one step (a lone workflow's steady state): scalar parameters and a plan the
-# server can keep. PostgreSQL re-plans SAVE_STEPS at every call (its arrays' lengths are
-# unknown to a generic plan), about 0.3 ms of a 0.9 ms checkpoint; this one it plans once.
+# The same for one step (a lone workflow's steady state): scalar parameters, a statement
+# much cheaper to plan than SAVE_STEPS (about 0.3 ms of a 0.9 ms checkpoint), and prepared,
+# so it is parsed once.
 SAVE_STEP = """
 WITH ok AS (
     UPDATE jobs SET checkpoints = checkpoints + 1
@@ -99,13 +99,6 @@ INSERT INTO steps (job_id, position, name, status, result, error, span, created_
 SELECT ok.id, %(c1)s, %(c2)s, %(c3)s, %(c4)s, %(c5)s, %(c6)s, %(now)s FROM ok
 RETURNING job_id, position
 """
-
-# Statements over batches of jobs are never prepared (psycopg prepares a statement after
-# a few calls, and the server may then keep one generic plan for it): they are planned at
-# every call, for the rows and the table of that call. A generic plan made while the table
-# was small scanned all of it once it had grown: a checkpoint batch took 30-45 ms at
-# 200,000 jobs instead of 1, until autovacuum's statistics replaced the plan.
-UNPREPARED = False
 
 # Outcome writes on the full path (with checkpoints or a fan-out to start in the same
 # transaction): lock the rows still ours (one select), then one UPDATE per kind.
@@ -171,7 +164,7 @@ def flush_sql(kinds: tuple[str, ...], claims: int) -> ClaimSQL:
                     pyformat=True)
 
 
-def _no_automatic_prepare(dbapi_conn: Any, _record: Any) -> None:
+def _plan_every_call(dbapi_conn: Any, _record: Any) -> None:
     # A threshold no statement reaches (None would refuse ``prepare=True`` as well), and
     # custom plans for the statements prepared on purpose: parsed once, but planned at
     # every call for the table as it is. (Their generic plans, made after a few calls,
@@ -197,11 +190,12 @@ class PostgreSQLDialect:
         psycopg prepares a statement on its fifth call, and the server may then keep one
         generic plan for it, made with the statistics and the table size of that moment: a
         plan made while a table was small (or analysed while small) kept scanning all of it
-        once it had grown (see ``UNPREPARED``). The enqueue's INSERT and a lone
+        once it had grown: a checkpoint batch took 30-45 ms at 200,000 jobs instead of 1,
+        until autovacuum's statistics replaced the plan. The enqueue's INSERT and a lone
         checkpoint's statement are prepared, to be parsed once; they too are planned at
         every call (``plan_cache_mode = force_custom_plan``).
         """
-        event.listen(engine, "connect", _no_automatic_prepare)
+        event.listen(engine, "connect", _plan_every_call)
 
     def migration_lock(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
@@ -249,8 +243,7 @@ class PostgreSQLDialect:
             params.update((f"c{i}", list(values))
                           for i, values in enumerate(zip(*rows, strict=True)))
         with driver.cursor() as cursor:
-            # A lone step's statement is prepared: parsed once (planned every call).
-            cursor.execute(sql, params, prepare=len(rows) == 1 or UNPREPARED)
+            cursor.execute(sql, params, prepare=sql is SAVE_STEP)
             saved = {(job_id, position) for job_id, position in cursor.fetchall()}
         return [(row[0], row[1]) in saved for row in rows]
 
@@ -259,16 +252,14 @@ class PostgreSQLDialect:
         """The outcomes of a kind whose lease we still hold (owner, running, the claim's
         token), written; returns ``Finished`` rows for those."""
         with conn.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
-            cursor.execute(OWNED, {"ids": [row[0] for row in rows], "owner": owner},
-                           prepare=UNPREPARED)
+            cursor.execute(OWNED, {"ids": [row[0] for row in rows], "owner": owner})
             owned = {job_id: (fan_out_id, token) for job_id, fan_out_id, token in cursor}
             kept, done = still_owned(rows, owned)
             if kept:
                 ids, _tokens, texts, numbers = zip(*kept, strict=True)
                 cursor.execute(FINISH_BATCH[kind], {
                     "ids": list(ids), "a": list(texts), "now": now,
-                    "b": [None if n is None else float(n) for n in numbers]},
-                    prepare=UNPREPARED)
+                    "b": [None if n is None else float(n) for n in numbers]})
         return done
 
     def finish_and_claim(self, driver: Any, owner: str,
@@ -292,7 +283,7 @@ class PostgreSQLDialect:
         done: list[Any] = []
         claimed: list[list[Any]] = [[] for _ in claims]
         with driver.cursor() as cursor:
-            for part, *row in cursor.execute(sql, params, prepare=UNPREPARED).fetchall():
+            for part, *row in cursor.execute(sql, params).fetchall():
                 claimed_row: Any = ClaimedRow._make(row)
                 if part == "f":
                     done.append(Finished(claimed_row.id, claimed_row.fan_out_id,
