@@ -28,6 +28,7 @@ from durable_jobs.engine.errors import (
     DurableJobsError,
     FanOutFailedError,
     FanOutTimeoutError,
+    InvalidOptionTypeError,
     JobError,
     NonDeterminismError,
     NoRetry,
@@ -232,7 +233,8 @@ def _strategy_fields(strategy: Strategy) -> tuple[str, float | None]:
         return "threshold", float(strategy.p)
     if isinstance(strategy, FailFast | CollectAll):
         return strategy.kind, None
-    raise TypeError(f"strategy must be FailFast(), CollectAll() or Threshold(p), got {strategy!r}")
+    raise InvalidOptionTypeError(
+        f"strategy must be FailFast(), CollectAll() or Threshold(p), got {strategy!r}")
 
 
 def fan_out(subs: Sequence[Sub], strategy: Strategy | None = None, *, queue: str | None = None,
@@ -265,7 +267,7 @@ def _sub_specs(subs: Sequence[Sub]) -> tuple[SubSpec, ...]:
     specs = []
     for sub in subs:
         if not isinstance(sub, Sub):
-            raise TypeError(f"fan_out takes jobs.Sub items, got {type(sub).__name__}")
+            raise InvalidOptionTypeError(f"fan_out takes jobs.Sub items, got {type(sub).__name__}")
         options = checked_once(checked, sub, _checked_options)
         specs.append(SubSpec(options[0], encode_json(sub.args), *options[1:]))
     return tuple(specs)

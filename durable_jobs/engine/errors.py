@@ -40,6 +40,16 @@ class InvalidNameError(DurableJobsError, ValueError):
     """A job or queue name does not match ``[A-Za-z][A-Za-z0-9_.-]{0,254}``."""
 
 
+class InvalidOptionError(DurableJobsError, ValueError):
+    """An option or argument of a library call that it cannot take: a negative delay,
+    ``retries=1.5``, a threshold above 1."""
+
+
+class InvalidOptionTypeError(InvalidOptionError, TypeError):
+    """An option or argument of a library call of the wrong type: ``priority="high"``,
+    ``run_at="2030-01-01"``, an item of ``enqueue_many`` that is not a ``jobs.Sub``."""
+
+
 class PayloadTooLargeError(DurableJobsError, ValueError):
     """Args or a result are over the 1 MiB limit once encoded."""
 

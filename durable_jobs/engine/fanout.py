@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from durable_jobs.engine.errors import JobError
+from durable_jobs.engine.errors import InvalidOptionError, InvalidOptionTypeError, JobError
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,10 @@ class Threshold:
     kind = "threshold"
 
     def __post_init__(self) -> None:
+        if isinstance(self.p, bool) or not isinstance(self.p, int | float):
+            raise InvalidOptionTypeError(f"Threshold(p) needs a number, got {self.p!r}")
         if not 0.0 <= float(self.p) <= 1.0:
-            raise ValueError(f"Threshold(p) needs 0 <= p <= 1, got {self.p}")
+            raise InvalidOptionError(f"Threshold(p) needs 0 <= p <= 1, got {self.p}")
 
 
 Strategy = FailFast | CollectAll | Threshold

@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from durable_jobs.engine.errors import InvalidNameError, PayloadTooLargeError
+from durable_jobs.engine.errors import (
+    InvalidNameError,
+    InvalidOptionError,
+    InvalidOptionTypeError,
+    PayloadTooLargeError,
+)
 
 NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,254}")
 MAX_PAYLOAD = 1024 * 1024  # bytes, for args and for results
@@ -105,14 +110,17 @@ def to_seconds(value: float | int | timedelta | None, what: str) -> float | None
         return None
     seconds = value.total_seconds() if isinstance(value, timedelta) else value
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        raise TypeError(f"{what} must be seconds or a timedelta, got {type(value).__name__}")
+        raise InvalidOptionTypeError(
+            f"{what} must be seconds or a timedelta, got {type(value).__name__}")
     if seconds < 0:
-        raise ValueError(f"{what} must not be negative, got {seconds}")
+        raise InvalidOptionError(f"{what} must not be negative, got {seconds}")
     return float(seconds)
 
 
 def to_epoch(value: datetime) -> float:
     """An absolute time as epoch seconds; a naive datetime means UTC."""
+    if not isinstance(value, datetime):
+        raise InvalidOptionTypeError(f"run_at must be a datetime, got {type(value).__name__}")
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.timestamp()
@@ -142,13 +150,13 @@ def validate_options(
     """Raise a clear error for an option of the wrong type or range."""
     if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int)
                                 or retries < 0):
-        raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+        raise InvalidOptionError(f"retries must be an int >= 0, got {retries!r}")
     if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
-        raise TypeError(f"priority must be an int, got {priority!r}")
+        raise InvalidOptionTypeError(f"priority must be an int, got {priority!r}")
     if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
-        raise ValueError(f"timeout must be seconds > 0, got {timeout!r}")
+        raise InvalidOptionError(f"timeout must be seconds > 0, got {timeout!r}")
     if max_backoff is not None and (not isinstance(max_backoff, int | float) or max_backoff < 0):
-        raise ValueError(f"max_backoff must be seconds >= 0, got {max_backoff!r}")
+        raise InvalidOptionError(f"max_backoff must be seconds >= 0, got {max_backoff!r}")
     if queue is not None:
         check_name(queue, "queue name")
 

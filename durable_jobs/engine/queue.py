@@ -6,6 +6,7 @@ the store. Running jobs is the worker's business (``queue.worker()``).
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from durable_jobs.engine import events as ev
 from durable_jobs.engine.errors import (
     DurableJobsError,
+    InvalidOptionError,
+    InvalidOptionTypeError,
     InvalidStateError,
     JobCancelledError,
     JobError,
@@ -50,6 +53,7 @@ else:
     job_rows = LazyModule("durable_jobs.store.jobs")
 
 F = TypeVar("F", bound=Callable[..., Any])
+M = TypeVar("M", bound=Callable[..., Any])
 
 
 def job_from_row(row: Any) -> Job:
@@ -65,6 +69,23 @@ def job_from_row(row: Any) -> Job:
         started_at=to_datetime(row.started_at), finished_at=to_datetime(row.finished_at),
         parent_id=row.parent_id,
     )
+
+
+def _explained(method: M) -> M:
+    """Database failures that escape a Queue operation as a clear ``StoreUnavailableError``
+    (``Store.explain``), the driver's error kept as its cause."""
+
+    @functools.wraps(method)
+    def wrapper(self: Queue, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as error:
+            clear = self._store.explain(error) if self._store is not None else None
+            if clear is None:
+                raise
+            raise clear from error
+
+    return wrapper  # type: ignore[return-value]
 
 
 class Queue:
@@ -143,6 +164,7 @@ class Queue:
     def unsubscribe(self, subscription: ev.Subscription) -> None:
         self.bus.unsubscribe(subscription)
 
+    @_explained
     def emit_custom_event(self, job_id: str, kind: str, data: Any = None) -> None:
         """Publish a custom event about a job (JobNotFoundError for an unknown id)."""
         self.get(job_id)
@@ -150,6 +172,7 @@ class Queue:
 
     # -- enqueue -------------------------------------------------------------------------
 
+    @_explained
     def enqueue(self, name: str, args: Any = None, *, priority: int | None = None,
                 retries: int | None = None, delay: float | timedelta | None = None,
                 run_at: datetime | None = None, queue: str | None = None,
@@ -166,9 +189,9 @@ class Queue:
             call = HandlerOptions(retries, to_seconds(timeout, "timeout"), queue, priority,
                                   to_seconds(max_backoff, "max_backoff"))
         if unique is not None and not isinstance(unique, str):
-            raise TypeError(f"unique must be a str, got {type(unique).__name__}")
+            raise InvalidOptionTypeError(f"unique must be a str, got {type(unique).__name__}")
         if unique is not None and not 0 < len(unique) <= 255:
-            raise ValueError(f"unique key must be 1 to 255 characters, got {len(unique)}")
+            raise InvalidOptionError(f"unique key must be 1 to 255 characters, got {len(unique)}")
         row = build_row(self.registry, name, args, call, when, now, unique)
         store = self.store
         if connection is not None:
@@ -182,6 +205,7 @@ class Queue:
             self.bus.publish(ev.JobEnqueued(row[0], name, row[2]))
         return str(row[0])
 
+    @_explained
     def enqueue_many(self, subs: Iterable[Sub], *, connection: Connection | None = None
                      ) -> list[str]:
         """Add many jobs in one transaction (COPY on PostgreSQL); returns their ids."""
@@ -207,11 +231,13 @@ class Queue:
 
     # -- reading -------------------------------------------------------------------------
 
+    @_explained
     def get(self, job_id: str) -> Job:
         """A snapshot of the job; raises JobNotFoundError for an unknown id."""
         with self.store.read() as conn:
             return job_from_row(job_rows.get(conn, job_id))
 
+    @_explained
     def result(self, job_id: str, timeout: float | None = None) -> Any:
         """Wait for a terminal state; return the result or raise its failure."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -228,6 +254,7 @@ class Queue:
 
     # -- operations ----------------------------------------------------------------------
 
+    @_explained
     def cancel(self, job_id: str) -> None:
         """Cancel a job and its whole fan-out subtree (a running job's actor is killed)."""
         store = self.store
@@ -271,6 +298,7 @@ class Queue:
                 time.sleep(0.05 * attempt)
         raise AssertionError("unreachable")
 
+    @_explained
     def retry(self, job_id: str) -> None:
         """Run a failed or cancelled job again from the start."""
         store = self.store
@@ -281,6 +309,7 @@ class Queue:
 
         self._write(retry)
 
+    @_explained
     def pause_job(self, job_id: str, mode: PauseMode | str = PauseMode.GRACEFUL) -> None:
         """Pause a job; a running one only with ``PauseMode.AGGRESSIVE`` (kills its actor)."""
         mode = PauseMode(mode)
@@ -292,6 +321,7 @@ class Queue:
         row = self._write(pause)
         self.bus.publish(ev.JobPaused(job_id, row.name, row.queue, mode=mode.value))
 
+    @_explained
     def resume_job(self, job_id: str) -> None:
         """Return a paused job to where it was; it replays from its checkpoints."""
         store = self.store
@@ -304,18 +334,22 @@ class Queue:
         row = self._write(resume)
         self.bus.publish(ev.JobResumed(job_id, row.name, row.queue))
 
+    @_explained
     def is_job_paused(self, job_id: str) -> bool:
         return self.get(job_id).status is Status.PAUSED
 
+    @_explained
     def pause_queue(self, name: str) -> None:
         """No supervisor claims from a paused queue; running jobs finish."""
         self._set_queue_paused(name, True)
         self.bus.publish(ev.QueuePaused(name))
 
+    @_explained
     def resume_queue(self, name: str) -> None:
         self._set_queue_paused(name, False)
         self.bus.publish(ev.QueueResumed(name))
 
+    @_explained
     def is_queue_paused(self, name: str) -> bool:
         check_name(name, "queue name")
         with self.store.read() as conn:

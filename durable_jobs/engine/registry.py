@@ -15,7 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from durable_jobs.engine.errors import HandlerNotFoundError
+from durable_jobs.engine.errors import (
+    HandlerNotFoundError,
+    InvalidOptionError,
+    InvalidOptionTypeError,
+)
 from durable_jobs.engine.options import HandlerOptions, check_name
 
 
@@ -74,7 +78,7 @@ class Registry:
     def add(self, name: str, fn: Callable[..., Any], options: HandlerOptions) -> Handler:
         check_name(name)
         if not callable(fn):
-            raise TypeError(f"handler for {name!r} is not callable: {fn!r}")
+            raise InvalidOptionTypeError(f"handler for {name!r} is not callable: {fn!r}")
         handler = Handler(name, fn, options, arg_dataclass(fn),
                           inspect.iscoroutinefunction(fn))
         self.handlers[name] = handler
@@ -99,7 +103,7 @@ def import_path(path: str) -> Any:
     """Import ``"package.module:attribute"``."""
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
-        raise ValueError(f"{path!r} must look like 'package.module:attribute'")
+        raise InvalidOptionError(f"{path!r} must look like 'package.module:attribute'")
     obj: Any = importlib.import_module(module_name)
     for part in attr.split("."):
         obj = getattr(obj, part)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+from durable_jobs.engine.errors import InvalidOptionTypeError
 from durable_jobs.engine.fanout import Sub, checked_once
 from durable_jobs.engine.options import (
     HandlerOptions,
@@ -145,7 +146,7 @@ def iter_rows(registry: Registry, items: list[Sub], now: float) -> Iterator[tupl
     check = functools.partial(_sub_shape, registry)
     for job_id, sub in zip(new_ids(len(items)), items, strict=True):
         if not isinstance(sub, Sub):
-            raise TypeError(f"expected jobs.Sub items, got {type(sub).__name__}")
+            raise InvalidOptionTypeError(f"expected jobs.Sub items, got {type(sub).__name__}")
         shape = checked_once(shapes, sub, check)
         if shape.typed:
             coerce_args(registry.handlers[sub.name], sub.args)

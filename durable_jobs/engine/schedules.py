@@ -18,6 +18,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from durable_jobs.engine.errors import InvalidOptionError, InvalidOptionTypeError
+
 if TYPE_CHECKING:  # croniter loads on the first Cron: actors and CLIs need not pay for it
     from croniter import croniter
 
@@ -26,17 +28,17 @@ _ALL_DAYS = frozenset(range(7))
 
 
 def _zone(name: str) -> ZoneInfo:
-    """Return the zone ``name``, or raise ValueError naming it."""
+    """Return the zone ``name``, or raise InvalidOptionError naming it."""
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
-        raise ValueError(f"unknown time zone {name!r}") from exc
+        raise InvalidOptionError(f"unknown time zone {name!r}") from exc
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> int:
-    """Return ``value`` if it is an int in [low, high], else raise ValueError."""
+    """Return ``value`` if it is an int in [low, high], else raise InvalidOptionError."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{name} must be an int in {low}..{high}, got {value!r}")
+        raise InvalidOptionError(f"{name} must be an int in {low}..{high}, got {value!r}")
     return value
 
 
@@ -101,9 +103,11 @@ class Every(_Spec):
     def __init__(self, interval: float | timedelta) -> None:
         seconds = interval.total_seconds() if isinstance(interval, timedelta) else interval
         if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-            raise ValueError(f"interval must be seconds or a timedelta, got {interval!r}")
+            raise InvalidOptionTypeError(
+                f"interval must be seconds or a timedelta, got {interval!r}")
         if not math.isfinite(seconds) or seconds <= 0:
-            raise ValueError(f"interval must be a positive number of seconds, got {interval!r}")
+            raise InvalidOptionError(
+                f"interval must be a positive number of seconds, got {interval!r}")
         object.__setattr__(self, "interval", float(seconds))
 
     def _index_after(self, t: float) -> int:
@@ -149,7 +153,7 @@ def _weekday(day: int | str) -> int:
         for index, full in enumerate(_DAYS):
             if name in (full, full[:3]):
                 return index
-        raise ValueError(f"unknown weekday {day!r}")
+        raise InvalidOptionError(f"unknown weekday {day!r}")
     return _check_int("day", day, 0, 6)
 
 
@@ -188,7 +192,7 @@ class Cron(_Spec):
         from croniter import croniter
 
         if not (len(fields) == 5 or alias) or not croniter.is_valid(self.expr):
-            raise ValueError(f"invalid cron expression {self.expr!r}")
+            raise InvalidOptionError(f"invalid cron expression {self.expr!r}")
         _zone(self.tz)
 
     def _iter(self, t: float) -> croniter:
@@ -219,11 +223,11 @@ def spec_from_json(d: dict[str, Any]) -> ScheduleSpec:
     kinds: dict[str, type[ScheduleSpec]] = {c.kind: c for c in (Every, Daily, Weekly, Cron)}
     cls = kinds.get(d.get("kind", ""))
     if cls is None:
-        raise ValueError(f"unknown schedule kind in {d!r}")
+        raise InvalidOptionError(f"unknown schedule kind in {d!r}")
     try:
         return cls(**{k: v for k, v in d.items() if k != "kind"})
     except TypeError as exc:
-        raise ValueError(f"malformed {cls.kind} schedule {d!r}: {exc}") from exc
+        raise InvalidOptionError(f"malformed {cls.kind} schedule {d!r}: {exc}") from exc
 
 
 def due_tick(spec: ScheduleSpec, next_fire_at: float, now: float) -> tuple[float | None, float]:

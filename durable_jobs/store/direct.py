@@ -77,7 +77,7 @@ class DirectConnections:
         shared = isinstance(engine.pool, StaticPool | SingletonThreadPool)
         self._keep = 0 if shared else keep
         self._postgres = engine.dialect.name == "postgresql"
-        self._errors: type[Exception] = engine.dialect.loaded_dbapi.Error
+        self.errors: type[Exception] = engine.dialect.loaded_dbapi.Error  # the driver's own
         self._idle: list[Direct] = []
         self._open = 0  # kept connections, idle or in use
         self._lock = threading.Lock()
@@ -134,7 +134,7 @@ class DirectConnections:
             pooled.detach()  # ours now: the pool opens another when it needs one
             if self._postgres:
                 driver.autocommit = True  # type: ignore[union-attr]
-            return Direct(driver, self._errors)
+            return Direct(driver, self.errors)
         except BaseException:
             with self._lock:
                 self._open -= 1
@@ -145,14 +145,14 @@ class DirectConnections:
         driver = pooled.driver_connection
         if self._postgres:
             driver.autocommit = True  # type: ignore[union-attr]
-        return Direct(driver, self._errors, pooled)
+        return Direct(driver, self.errors, pooled)
 
     def _return(self, direct: Direct) -> None:
         try:
             if self._postgres:
                 direct.driver.autocommit = False
             direct.cursor.close()
-        except self._errors:  # broken: the pool must not hand it out again
+        except self.errors:  # broken: the pool must not hand it out again
             direct.pooled.invalidate()
             return
         direct.pooled.close()

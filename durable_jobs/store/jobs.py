@@ -38,7 +38,14 @@ def insert_many(conn: Connection, dialect: Dialect, rows: Iterable[tuple[Any, ..
     dialect.bulk_insert(conn, rows)
 
 
+def _known(job_id: object) -> None:
+    """Ids are strings: anything else is unknown (PostgreSQL would refuse to compare it)."""
+    if not isinstance(job_id, str):
+        raise JobNotFoundError(str(job_id))
+
+
 def get(conn: Connection, job_id: str) -> Any:
+    _known(job_id)
     row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
     if row is None:
         raise JobNotFoundError(job_id)
@@ -46,6 +53,7 @@ def get(conn: Connection, job_id: str) -> Any:
 
 
 def get_status(conn: Connection, job_id: str, lock: bool = False) -> Any:
+    _known(job_id)
     query = select(jobs.c.id, jobs.c.status, jobs.c.paused_from, jobs.c.fan_out_id,
                    jobs.c.lease_owner).where(jobs.c.id == job_id)
     if lock and conn.dialect.name == "postgresql":

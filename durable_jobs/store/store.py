@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -75,6 +78,15 @@ def is_transient(error: BaseException) -> bool:
     return code in ("40001", "40P01")
 
 
+def _private_sqlite_file(owner: object) -> str:
+    """The URL of a new SQLite file that lives as long as ``owner``: what ``sqlite://`` and
+    ``sqlite:///:memory:`` give. A true in-memory database belongs to one connection, and
+    the producer, the supervisor and its wake-up watcher each use their own."""
+    directory = tempfile.mkdtemp(prefix="durable-jobs-")
+    weakref.finalize(owner, shutil.rmtree, directory, ignore_errors=True)
+    return f"sqlite:///{os.path.join(directory, 'jobs.db')}"
+
+
 class Store:
     """Where jobs live: a SQLAlchemy URL (or Engine) for SQLite or PostgreSQL.
 
@@ -104,6 +116,8 @@ class Store:
                     f"unsupported database {parsed.get_backend_name()!r}: use sqlite:/// or "
                     "postgresql+psycopg://"
                 )
+            if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+                url = _private_sqlite_file(self)
             self.url = url
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -181,7 +195,7 @@ class Store:
         assert kept is not None
         try:
             direct = kept.take()
-        except exc.DBAPIError as error:
+        except (exc.DBAPIError, kept.errors) as error:  # the pool's or the driver's own
             raise StoreUnavailableError(
                 f"cannot connect to {self!r}: {_first_line(error)}") from None
         try:
@@ -239,6 +253,23 @@ class Store:
         else:
             with self.write() as conn:
                 yield conn
+
+    def explain(self, error: BaseException) -> StoreUnavailableError | None:
+        """A clear error in place of a database failure that only the driver's words
+        describe: tables missing (``migrate()`` was never run), a lost connection, a
+        database locked past the busy timeout. None for anything else."""
+        orig = getattr(error, "orig", None) or error
+        dbapi = self.engine.dialect.loaded_dbapi
+        if not isinstance(error, exc.DBAPIError) and not isinstance(orig, dbapi.Error):
+            return None
+        line = _first_line(error)
+        if getattr(orig, "sqlstate", None) == "42P01" or line.startswith("no such table"):
+            return StoreUnavailableError(
+                f"{self!r} has no durable-jobs tables ({line}): call store.migrate() first")
+        if isinstance(error, exc.OperationalError | exc.InterfaceError) or isinstance(
+                orig, dbapi.OperationalError | dbapi.InterfaceError):
+            return StoreUnavailableError(f"database error on {self!r}: {line}")
+        return None
 
     def now(self, conn: Connection) -> float:
         """The database clock, in epoch seconds."""

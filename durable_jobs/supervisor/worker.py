@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from durable_jobs.engine.errors import DurableJobsError
+from durable_jobs.engine.errors import DurableJobsError, InvalidOptionError
 from durable_jobs.engine.job import PauseMode
 from durable_jobs.engine.options import check_name
 from durable_jobs.supervisor.control import Phase
@@ -30,7 +30,7 @@ class Worker:
             check_name(name, "queue name")
             if isinstance(concurrency, bool) or not isinstance(concurrency, int) \
                     or concurrency < 1:
-                raise ValueError(f"concurrency of queue {name!r} must be an int >= 1, "
+                raise InvalidOptionError(f"concurrency of queue {name!r} must be an int >= 1, "
                                  f"got {concurrency!r}")
             settings[name] = QueueSettings(concurrency, max_jobs_per_actor, max_memory_mb)
         options = SupervisorOptions(

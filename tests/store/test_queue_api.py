@@ -6,6 +6,8 @@ would, so these tests need no worker.
 
 from __future__ import annotations
 
+import gc
+import os
 import sqlite3
 import threading
 import time
@@ -537,3 +539,62 @@ def test_snapshot_status_values_are_lower_case(store: jobs.Store, queue: jobs.Qu
     assert queue.get(job_id).status == "pending"
     assert f"{queue.get(job_id).status}" == "pending"
     assert row(store, job_id).status == "pending"
+
+
+# -- clear errors (API.md §3, §5) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("job_id", [12345, None, 1.5, b"abc"])
+def test_an_id_that_is_not_a_string_is_unknown(queue: jobs.Queue, job_id: Any) -> None:
+    """PostgreSQL refuses to compare a text column with an integer: that must read as an
+    unknown id there too, not as a driver error."""
+    for operation in (queue.get, queue.cancel, queue.retry, queue.pause_job,
+                      queue.resume_job, lambda i: queue.result(i, timeout=1)):
+        with pytest.raises(jobs.JobNotFoundError):
+            operation(job_id)
+
+
+def test_a_store_never_migrated_says_so(backend: str, tmp_path: Any,
+                                        request: pytest.FixtureRequest) -> None:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path}/never-migrated.db"
+    else:
+        url = request.getfixturevalue("pg_server").new_database()
+    store = jobs.Store(url)
+    queue = jobs.Queue(store)
+    try:
+        for operation in (lambda: queue.enqueue("a"), lambda: queue.enqueue("a", unique="k"),
+                          lambda: queue.enqueue_many([jobs.Sub("a")]),
+                          lambda: queue.get("0192f0a0-0000-7000-8000-000000000000")):
+            with pytest.raises(jobs.StoreUnavailableError, match=r"store\.migrate\(\)"):
+                operation()
+    finally:
+        store.dispose()
+
+
+def test_an_unreachable_postgresql_is_one_clear_error() -> None:
+    queue = jobs.Queue(jobs.Store("postgresql+psycopg://nobody@127.0.0.1:1/nothing"))
+    for operation in (lambda: queue.enqueue("a"), lambda: queue.enqueue_many([jobs.Sub("a")]),
+                      lambda: queue.get("x"), lambda: queue.enqueue("a", unique="k")):
+        with pytest.raises(jobs.StoreUnavailableError, match="cannot connect") as caught:
+            operation()
+        assert "127.0.0.1" in str(caught.value)
+    queue.store.dispose()
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_sqlite_url_is_a_private_file(url: str) -> None:
+    """Every connection of a true in-memory database would see its own empty database."""
+    store = jobs.Store(url)
+    store.migrate()
+    queue = jobs.Queue(store)
+    job_id = queue.enqueue("a", {"x": 1})
+    assert queue.get(job_id).args == {"x": 1}
+    with store.write() as conn:  # another connection sees the same jobs
+        assert leases.claim(conn, store.dialect, "w1", "default", ["a"], 10, 30)[0].id == job_id
+    path = store.url.removeprefix("sqlite:///")
+    assert os.path.exists(path)
+    store.dispose()
+    del store, queue
+    gc.collect()
+    assert not os.path.exists(os.path.dirname(path))

@@ -574,17 +574,18 @@ def test_fan_out_inside_a_step_takes_the_next_nested_position() -> None:
 
 
 @pytest.mark.parametrize(("subs", "strategy", "error"), [
-    ([("item", 1)], "not a strategy", TypeError),
-    (["not a Sub"], None, TypeError),
+    ([("item", 1)], "not a strategy", jobs.InvalidOptionTypeError),
+    (["not a Sub"], None, jobs.InvalidOptionTypeError),
     ([jobs.Sub("bad name!")], None, jobs.InvalidNameError),
     ([jobs.Sub("item", object())], None, TypeError),
     # Options are checked once per distinct set: a bad one after good ones still fails.
     ([jobs.Sub("item", i) for i in range(5)] + [jobs.Sub("item", 5, priority="high")], None,
-     TypeError),
+     jobs.InvalidOptionTypeError),
     ([jobs.Sub("item", i) for i in range(5)] + [jobs.Sub("item", 5, retries=[1])], None,
-     ValueError),  # (an unhashable option)
+     jobs.InvalidOptionError),  # (an unhashable option)
     ([jobs.Sub("item", i) for i in range(5)] + [jobs.Sub("item", set())], None, TypeError),
-    ([jobs.Sub("item", 1, priority=1), jobs.Sub("item", 2, priority=True)], None, TypeError),
+    ([jobs.Sub("item", 1, priority=1), jobs.Sub("item", 2, priority=True)], None,
+     jobs.InvalidOptionTypeError),
 ])
 def test_fan_out_rejects_bad_input_before_suspending(subs: Any, strategy: Any,
                                                      error: type) -> None:

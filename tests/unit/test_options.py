@@ -174,8 +174,42 @@ def test_resolve_registration_then_call() -> None:
      ({"queue": "bad queue"}, jobs.InvalidNameError), ({"queue": ""}, jobs.InvalidNameError)],
 )
 def test_handler_options_are_validated(kwargs: dict[str, object], error: type) -> None:
-    with pytest.raises(error):
+    with pytest.raises(error) as caught:
         HandlerOptions(**kwargs)  # type: ignore[arg-type]
+    assert isinstance(caught.value, jobs.DurableJobsError)  # API.md §5: the library's errors
+
+
+@pytest.mark.parametrize(("call", "error", "words"), [
+    (lambda q: q.enqueue("a", delay=-1), jobs.InvalidOptionError, "delay"),
+    (lambda q: q.enqueue("a", delay="10"), jobs.InvalidOptionTypeError, "delay"),
+    (lambda q: q.enqueue("a", run_at="2030-01-01"), jobs.InvalidOptionTypeError, "run_at"),
+    (lambda q: q.enqueue("a", retries=1.5), jobs.InvalidOptionError, "retries"),
+    (lambda q: q.enqueue("a", priority="high"), jobs.InvalidOptionTypeError, "priority"),
+    (lambda q: q.enqueue("a", timeout=0), jobs.InvalidOptionError, "timeout"),
+    (lambda q: q.enqueue("a", unique=""), jobs.InvalidOptionError, "unique"),
+    (lambda q: q.enqueue("a", unique=5), jobs.InvalidOptionTypeError, "unique"),
+    (lambda q: q.enqueue_many([("a", 1)]), jobs.InvalidOptionTypeError, "jobs.Sub"),
+    (lambda q: q.enqueue_many([jobs.Sub("a", retries=-1)]), jobs.InvalidOptionError, "retries"),
+    (lambda q: q.register("a", "not callable"), jobs.InvalidOptionTypeError, "callable"),
+    (lambda q: jobs.Threshold(1.5), jobs.InvalidOptionError, "Threshold"),
+    (lambda q: jobs.Threshold("half"), jobs.InvalidOptionTypeError, "Threshold"),
+    (lambda q: jobs.Every(-5), jobs.InvalidOptionError, "interval"),
+    (lambda q: q.worker({"default": 0}), jobs.InvalidOptionError, "concurrency"),
+])
+def test_bad_options_raise_the_library_errors(tmp_path, call, error: type, words: str) -> None:  # noqa: ANN001
+    """Each is a DurableJobsError (API.md §5) and still the ValueError or TypeError that
+    Python code expects; nothing is written."""
+    store = jobs.Store(f"sqlite:///{tmp_path}/jobs.db")
+    store.migrate()
+    queue = jobs.Queue(store)
+    with pytest.raises(error, match=words) as caught:
+        call(queue)
+    assert isinstance(caught.value, jobs.DurableJobsError)
+    assert isinstance(caught.value, TypeError if error is jobs.InvalidOptionTypeError
+                      else ValueError)
+    with store.read() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM jobs").scalar_one() == 0
+    store.dispose()
 
 
 def test_job_ids_are_time_ordered_uuid7s() -> None:

@@ -7,6 +7,8 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine
 
+from durable_jobs.engine.errors import StoreUnavailableError
+
 
 class Dialect(Protocol):
     """The dialect-specific part of the store; everything else is portable Core."""
@@ -57,4 +59,5 @@ def for_engine(engine: Engine) -> Dialect:
         from durable_jobs.store.dialects.postgresql import PostgreSQLDialect
 
         return PostgreSQLDialect()
-    raise ValueError(f"unsupported database {name!r}: durable-jobs supports SQLite and PostgreSQL")
+    raise StoreUnavailableError(
+        f"unsupported database {name!r}: durable-jobs supports SQLite and PostgreSQL")
