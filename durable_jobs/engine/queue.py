@@ -133,10 +133,17 @@ class Queue:
 
     def schedule(self, name: str, spec: ScheduleSpec, args: Any = None,
                  queue: str | None = None) -> None:
-        """Enqueue job ``name`` at every tick of ``spec`` (fired by scheduler supervisors)."""
-        check_name(name)
-        if queue is not None:
-            check_name(queue, "queue name")
+        """Enqueue job ``name`` at every tick of ``spec`` (fired by scheduler supervisors).
+
+        Checked now, as ``enqueue`` checks a job: a schedule the scheduler could never fire
+        must fail here, not at every tick in a supervisor."""
+        from durable_jobs.engine.schedules import Cron, Daily, Every, Weekly
+
+        if not isinstance(spec, Every | Daily | Weekly | Cron):
+            raise InvalidOptionTypeError(
+                f"schedule {name!r}: spec must be jobs.Every, jobs.Daily, jobs.Weekly or "
+                f"jobs.Cron, got {type(spec).__name__}")
+        build_row(self.registry, name, args, HandlerOptions(queue=queue), 0.0, 0.0)
         self.schedules[name] = (spec, args, queue)
 
     # -- hooks and events ----------------------------------------------------------------

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, literal_column, select, update
+from sqlalchemy import Connection, func, literal_column, select, update
 
 from durable_jobs.engine.durable import FAN_OUT_STEP
 from durable_jobs.engine.errors import JobError
@@ -166,6 +166,15 @@ def expire(conn: Connection, dialect: Dialect, now: float) -> list[str]:
     for row in rows:
         resumed.extend(decide(conn, dialect, row, "timed_out", now))
     return resumed
+
+
+def next_deadline_in(conn: Connection, dialect: Dialect) -> float | None:
+    """Seconds (on the database clock) until the earliest deadline of an open fan-out."""
+    left = conn.execute(
+        select(func.min(fan_outs.c.deadline) - literal_column(dialect.now_sql))
+        .where(fan_outs.c.status == "open", fan_outs.c.deadline.is_not(None))
+    ).scalar()
+    return None if left is None else max(0.0, float(left))
 
 
 def recheck(conn: Connection, dialect: Dialect, now: float) -> list[str]:

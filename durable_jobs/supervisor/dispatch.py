@@ -48,6 +48,7 @@ class Flushed:
     acks: list[tuple[Running, int, bool]] = field(default_factory=list)
     applied: list[tuple[Any, Write]] = field(default_factory=list)
     suspended: list[tuple[Running, FanOutSpec, bool]] = field(default_factory=list)
+    enqueued: list[tuple[Any, ...]] = field(default_factory=list)  # sub-job rows inserted
     claimed: dict[str, int] = field(default_factory=dict)
     requested: dict[str, int] = field(default_factory=dict)
     #: Some write made a job claimable at once (released, retried without backoff, or a
@@ -144,6 +145,8 @@ class Dispatcher:
                 ok = leases.suspend(conn, store.dialect, self.owner, job.job_id, fan_out, subs,
                                     {job.job_id: job.token or ""})
                 done.suspended.append((job, spec, ok))
+                if ok:
+                    done.enqueued += subs
             claimed = {q: self._claim(conn, q, n) for q, n in want.items()}
         self.checkpoints, self.suspends = [], []
         self._written(done, writes, applied, now)

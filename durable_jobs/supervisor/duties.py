@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from durable_jobs.supervisor.supervisor import Supervisor
 
 log = logging.getLogger("durable_jobs.supervisor")
+DEADLINE_SLACK = 0.005  # seconds after a fan-out's deadline to look (clocks, rounding)
 
 
 class LeaseKeeper:
@@ -87,10 +88,17 @@ class Duties:
                 continue
             self.due[name] = now + interval  # a failing duty waits its interval, too
             self.next_due = min(self.due.values())
-            self._run(name, wall)
+            self._run(name, now, wall)
         self.next_due = min(self.due.values())
 
-    def _run(self, name: str, wall: float) -> None:
+    def deadline_in(self, seconds: float, now: float) -> None:
+        """A fan-out's deadline passes in ``seconds``: run the reaper then (just after),
+        not up to a reaper interval later."""
+        at = now + seconds + DEADLINE_SLACK
+        self.due["reaper"] = min(self.due["reaper"], at)
+        self.next_due = min(self.next_due, at)
+
+    def _run(self, name: str, now: float, wall: float) -> None:
         if name == "leases":
             self.leases.run_once(wall)
         elif name == "reaper":
@@ -99,6 +107,8 @@ class Duties:
                 self.supervisor.hooks.reclaimed(row, write)
             if counts.reclaimed or counts.fan_outs_expired:
                 self.supervisor.wake.notified = True
+            if counts.next_deadline_in is not None:
+                self.deadline_in(counts.next_deadline_in, now)
             if counts.fan_outs_expired:
                 # Expiry cancelled unfinished sub-jobs, maybe on our own actors: check our
                 # leases on the next turn, not a lease interval later, so those actors are
@@ -107,6 +117,9 @@ class Duties:
         elif name == "scheduler" and self.scheduler is not None:
             if self.scheduler.run_once(wall).fired:
                 self.supervisor.wake.notified = True
+            fired, self.scheduler.fired = self.scheduler.fired, []
+            if fired and self.supervisor.hooks.bus.active:
+                self.supervisor.hooks.enqueued(fired)
 
     def store_paused(self, paused: bool, mode: str | None) -> None:
         sup = self.supervisor

@@ -45,6 +45,12 @@ class Hooks:
             except Exception:  # noqa: BLE001 - user hook: log and run the others
                 log.exception("on_%s hook %r raised", kind, getattr(hook, "__name__", hook))
 
+    def enqueued(self, rows: list[tuple[Any, ...]]) -> None:
+        """JobEnqueued for jobs this supervisor inserted (fan-out sub-jobs, schedule ticks);
+        ``rows`` are in ``INSERT_COLUMNS`` order: id, name, queue first."""
+        for row in rows:
+            self.bus.publish(ev.JobEnqueued(row[0], row[1], row[2]))
+
     def started(self, job: Running) -> None:
         if not self.wanted:
             return

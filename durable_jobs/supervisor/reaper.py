@@ -26,6 +26,7 @@ class ReaperCounts:
     reclaimed: int
     failed: int
     fan_outs_expired: int
+    next_deadline_in: float | None = None  # seconds to the next open fan-out's deadline
 
 
 class Reaper:
@@ -41,6 +42,7 @@ class Reaper:
             items = leases.reclaim_expired(conn, store.dialect, now)
             expired = fanouts.expire(conn, store.dialect, now)
             resumed = fanouts.recheck(conn, store.dialect, now)
+            next_deadline_in = fanouts.next_deadline_in(conn, store.dialect)
             if items or expired or resumed:
                 store.dialect.notify(conn)
             supervisor_rows.remove_stale(conn, store.dialect, STALE_SUPERVISOR)
@@ -49,4 +51,4 @@ class Reaper:
         for row, write in items:
             log.warning("JobReclaimed: job %s (%s) from dead supervisor %s -> %s", row.id,
                         row.name, row.lease_owner, type(write).__name__.lower())
-        return ReaperCounts(len(items) - failed, failed, len(expired))
+        return ReaperCounts(len(items) - failed, failed, len(expired), next_deadline_in)

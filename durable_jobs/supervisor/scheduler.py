@@ -37,6 +37,8 @@ class Scheduler:
         self.registry = registry
         self.schedules = schedules
         self._ensured = False
+        self.broken: set[str] = set()  # schedules whose job cannot be built (logged once)
+        self.fired: list[tuple[Any, ...]] = []  # rows enqueued, for JobEnqueued (caller takes)
 
     def ensure(self, now: float) -> None:
         """Create schedule rows; a new schedule first fires at its next tick, not at once."""
@@ -59,11 +61,18 @@ class Scheduler:
                 tick, following = due_tick(spec, float(row.next_fire_at), now)
                 if tick is None:
                     continue
+                try:
+                    job = build_row(self.registry, row.name, args, HandlerOptions(queue=queue),
+                                    tick, now)
+                except (TypeError, ValueError) as exc:  # (queue.schedule checks this first)
+                    if row.name not in self.broken:
+                        self.broken.add(row.name)
+                        log.error("schedule %s cannot fire: %s", row.name, exc)
+                    continue  # the other schedules still fire
                 if not schedule_rows.advance(conn, row.name, row.next_fire_at, following, now):
                     continue
-                job = build_row(self.registry, row.name, args, HandlerOptions(queue=queue),
-                                tick, now)
                 job_rows.insert_one(conn, store.dialect, job, None)
+                self.fired.append(job)
                 fired += 1
                 log.info("schedule %s fired for tick %s", row.name, tick)
         return SchedulerCounts(fired)

@@ -364,9 +364,13 @@ class Supervisor(Inbox, Control):
         if flushed.requeued:
             self.wake.notified = True
             self.wake.now = True  # and look again at once, not after the loop's wait
-        for job, _spec, ok in flushed.suspended:
+        for job, spec, ok in flushed.suspended:
             if not ok:
                 log.warning("fan-out of job %s dropped: its lease was lost", job.job_id)
+            elif spec.timeout is not None:
+                self.duties.deadline_in(spec.timeout, time.monotonic())
+        if flushed.enqueued and self.hooks.bus.active:
+            self.hooks.enqueued(flushed.enqueued)
         if self.hooks.wanted:
             for job, write in flushed.applied:
                 self.hooks.written(job, write)

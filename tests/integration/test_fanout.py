@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import select
 
 import durable_jobs as jobs
+from durable_jobs.store.schema import fan_outs
 from durable_jobs.store.schema import jobs as jobs_table
 from tests.helpers import wait_until
 from tests.integration.apps.common import pid_alive
@@ -290,6 +291,30 @@ def test_fan_out_timeout_raises_and_cancels_what_is_unfinished(queue: jobs.Queue
         kids = children(queue.store, parent_id)
         assert [(k.status, k.queue) for k in kids] == [("cancelled", "batch")] * 2
     assert pids and done(base["log"]) == []
+
+
+@pytest.mark.timeout(40)
+def test_fan_out_timeout_fires_at_its_deadline(queue: jobs.Queue, tmp_path: Path) -> None:
+    """The deadline is enforced when it passes, not at the reaper's next pass (a second
+    later with these settings): each parent is resumed within a few tenths of it."""
+    base = setup(queue, tmp_path)
+    parents = {}
+    with queue.worker({"default": 3, "batch": 3}, **FAST):
+        for timeout in (0.15, 0.3, 0.45):
+            parents[timeout] = queue.enqueue("parent", {
+                **base, "catch": True, "subs": [{"i": 0, "gate": "gate"}],
+                "options": {"timeout": timeout, "queue": "batch"}})
+        for job_id in parents.values():
+            assert queue.result(job_id, timeout=10)["raised"] == "FanOutTimeoutError"
+        open_gate(tmp_path)
+    with queue.store.read() as conn:
+        created = {row.parent_id: row.created_at for row in conn.execute(
+            select(fan_outs.c.parent_id, fan_outs.c.created_at))}
+    for timeout, job_id in parents.items():
+        finished = queue.get(job_id).finished_at
+        assert finished is not None
+        late = finished.timestamp() - created[job_id] - timeout
+        assert late < 0.45, f"a {timeout} s fan-out timeout fired {late:.2f} s late"
 
 
 @pytest.mark.timeout(40)

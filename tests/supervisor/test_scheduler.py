@@ -131,3 +131,62 @@ def test_worker_with_scheduler_runs_scheduled_jobs(store: jobs.Store) -> None:
                         jobs_table.c.name == "tick", jobs_table.c.status == "completed")
                 ).scalar_one())
         wait_until(lambda: completed_ticks() >= 2, timeout=20, message="two ticks ran")
+
+
+def test_a_schedule_that_could_never_fire_is_refused_at_once() -> None:
+    """As ``enqueue`` refuses a job: not at every tick in a supervisor."""
+    queue = jobs.Queue()
+    with pytest.raises(jobs.InvalidOptionTypeError, match="jobs.Every"):
+        queue.schedule("cleanup", 300)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="set"):
+        queue.schedule("cleanup", jobs.Every(60), args={1, 2})
+    with pytest.raises(jobs.InvalidNameError):
+        queue.schedule("cleanup", jobs.Every(60), queue="bad queue")
+    assert queue.schedules == {}
+
+
+@pytest.mark.timeout(30)
+def test_a_schedule_that_cannot_fire_does_not_stop_the_others(store: jobs.Store,
+                                                              caplog: pytest.LogCaptureFixture
+                                                              ) -> None:
+    queue = make_queue(store)
+    # As if its args were changed behind queue.schedule()'s back.
+    queue.schedules["broken"] = (jobs.Every(300), {1, 2}, None)
+    scheduler = Scheduler(store, queue.registry, queue.schedules)
+    scheduler.ensure(T0 + 1)
+    assert scheduler.run_once(T0 + 300).fired == 1
+    assert scheduler.run_once(T0 + 600).fired == 1
+    assert scheduled(store, "cleanup") == [T0 + 300, T0 + 600]
+    assert scheduled(store, "broken") == []
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "schedule broken cannot fire" in errors[0]  # logged once
+
+
+@pytest.mark.timeout(60)
+def test_scheduled_jobs_and_fan_out_sub_jobs_are_enqueued_events(store: jobs.Store) -> None:
+    """JobEnqueued for the jobs a supervisor inserts, as for those a producer does."""
+    queue = jobs.Queue(store)
+    queue.register("tick", tick_handler)
+    queue.register("item", tick_handler)
+    queue.register("fan", fan_two)
+    queue.schedule("tick", jobs.Every(1))
+    events = queue.events()
+    seen: list[jobs.JobEnqueued] = []
+    with queue.worker({"default": 2}, scheduler=True, poll_interval=0.1):
+        parent = queue.enqueue("fan")
+        assert queue.result(parent, timeout=20) == 2
+        for event in events:
+            if isinstance(event, jobs.JobEnqueued):
+                seen.append(event)
+            if any(e.name == "tick" for e in seen):
+                break
+    queue.unsubscribe(events)
+    names = sorted(e.name for e in seen)
+    assert names[:4] == ["fan", "item", "item", "tick"], names
+    with store.read() as conn:
+        ids = set(conn.execute(select(jobs_table.c.id)).scalars())
+    assert {e.job_id for e in seen} <= ids
+
+
+def fan_two(args: object) -> int:
+    return len(jobs.fan_out([jobs.Sub("item"), jobs.Sub("item")], strategy=jobs.CollectAll()))
