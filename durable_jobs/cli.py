@@ -23,15 +23,22 @@ from durable_jobs.supervisor.config import Config, ConfigError, load_config
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def _fail(prog: str, message: str, code: int) -> int:
     print(f"{prog}: error: {message}", file=sys.stderr)
     return code
 
 
-def load_app(config: Config) -> Queue:
-    """Import ``app`` ("module:attribute"); it must be a Queue. Raises ConfigError."""
+def load_app(config: Config, config_dir: str | None = None) -> Queue:
+    """Import ``app`` ("module:attribute"); it must be a Queue. Raises ConfigError.
+
+    Modules are looked up in the current directory first, then in the config file's."""
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    if config_dir is not None and os.path.abspath(config_dir) not in sys.path:
+        sys.path.append(os.path.abspath(config_dir))
     try:
         app = import_path(config.app)
     except Exception as exc:  # noqa: BLE001 - any import failure is a config error
@@ -62,14 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="path to jobs.toml")
     parser.add_argument("--check", action="store_true",
                         help="validate the config and import the app, then exit")
-    parser.add_argument("--log-level", default=os.environ.get("DURABLE_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
+                        default=os.environ.get("DURABLE_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
+    logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     prog = parser.prog
     try:
         config = load_config(args.config)
-        queue = load_app(config)
+        queue = load_app(config, os.path.dirname(args.config))
         options = supervisor_options(config)
         store = Store(config.database_url)
     except ConfigError as exc:

@@ -262,9 +262,11 @@ def test_actors_that_cannot_boot_stop_the_daemon_with_a_clear_error(
 # -- 13. configuration errors --------------------------------------------------------------------
 
 
-def run_cli(processes: Any, config: Path, *args: str) -> tuple[int, str, str]:
+def run_cli(processes: Any, config: Path, *args: str,
+            cwd: Path | None = None) -> tuple[int, str, str]:
     proc = processes.start([sys.executable, "-m", "durable_jobs.cli", "--config", str(config),
-                            *args], cwd=config.parent, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            *args], cwd=cwd or config.parent,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)},
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            stdin=subprocess.DEVNULL)
     out, err = proc.communicate(timeout=30)
@@ -293,3 +295,23 @@ def test_bad_configs_exit_2_naming_the_key_and_check_accepts_a_good_one(
     code, out, err = run_cli(processes, good, "--check")
     assert code == 0, err
     assert "ok" in out and "3 handlers" in out
+
+
+@pytest.mark.timeout(60)
+def test_the_app_is_found_beside_the_config_and_a_bad_log_level_exits_2(
+        tmp_path: Path, processes: Any) -> None:
+    """Run from another directory, ``app`` is imported from the config file's directory
+    too (the current one first); ``--log-level`` takes only the logging levels."""
+    (tmp_path / "beside_app.py").write_text(
+        "import durable_jobs as jobs\nqueue = jobs.Queue()\n"
+        "@queue.job('hello')\ndef hello(args):\n    return args\n")
+    config = write_config(tmp_path / "jobs.toml", f"sqlite:///{tmp_path}/jobs.db",
+                          app="beside_app:queue")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code, out, err = run_cli(processes, config, "--check", cwd=elsewhere)
+    assert code == 0 and "1 handlers" in out, err
+    code, _, err = run_cli(processes, config, "--check", "--log-level", "loud", cwd=elsewhere)
+    assert code == 2 and "--log-level" in err and "Traceback" not in err, err
+    code, _, err = run_cli(processes, config, "--check", "--log-level", "debug", cwd=elsewhere)
+    assert code == 0, err
