@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
                         default=os.environ.get("DURABLE_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
+    if args.log_level not in LOG_LEVELS:  # (from DURABLE_LOG_LEVEL: choices skip defaults)
+        parser.error(f"DURABLE_LOG_LEVEL: invalid level {args.log_level!r} "
+                     f"(choose from {', '.join(LOG_LEVELS)})")
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     prog = parser.prog

@@ -67,3 +67,14 @@ class PauseMode(enum.StrEnum):
 
     def __str__(self) -> str:
         return self.value
+
+
+def pause_mode(value: PauseMode | str) -> PauseMode:
+    """``value`` as a PauseMode; InvalidOptionError naming the modes otherwise."""
+    try:
+        return PauseMode(value)
+    except ValueError:
+        from durable_jobs.engine.errors import InvalidOptionError
+
+        raise InvalidOptionError(f"pause mode must be 'graceful' or 'aggressive', "
+                                 f"got {value!r}") from None

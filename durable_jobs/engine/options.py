@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import threading
 from dataclasses import dataclass
@@ -112,8 +113,8 @@ def to_seconds(value: float | int | timedelta | None, what: str) -> float | None
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
         raise InvalidOptionTypeError(
             f"{what} must be seconds or a timedelta, got {type(value).__name__}")
-    if seconds < 0:
-        raise InvalidOptionError(f"{what} must not be negative, got {seconds}")
+    if seconds < 0 or not math.isfinite(seconds):
+        raise InvalidOptionError(f"{what} must be a finite number >= 0, got {seconds}")
     return float(seconds)
 
 

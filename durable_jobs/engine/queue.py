@@ -25,7 +25,7 @@ from durable_jobs.engine.errors import (
     StoreUnavailableError,
 )
 from durable_jobs.engine.fanout import Sub
-from durable_jobs.engine.job import TERMINAL, Job, PauseMode, Status, to_datetime
+from durable_jobs.engine.job import TERMINAL, Job, PauseMode, Status, pause_mode, to_datetime
 from durable_jobs.engine.lazy import LazyModule
 from durable_jobs.engine.options import (
     NO_OPTIONS,
@@ -73,13 +73,16 @@ def job_from_row(row: Any) -> Job:
 
 def _explained(method: M) -> M:
     """Database failures that escape a Queue operation as a clear ``StoreUnavailableError``
-    (``Store.explain``), the driver's error kept as its cause."""
+    (``Store.explain``), the driver's error kept as its cause. Errors in a transaction of the
+    caller's (``connection=``) are theirs, and pass through as they are."""
 
     @functools.wraps(method)
     def wrapper(self: Queue, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
         except Exception as error:
+            if kwargs.get("connection") is not None:  # the caller's transaction: theirs
+                raise
             clear = self._store.explain(error) if self._store is not None else None
             if clear is None:
                 raise
@@ -319,7 +322,7 @@ class Queue:
     @_explained
     def pause_job(self, job_id: str, mode: PauseMode | str = PauseMode.GRACEFUL) -> None:
         """Pause a job; a running one only with ``PauseMode.AGGRESSIVE`` (kills its actor)."""
-        mode = PauseMode(mode)
+        mode = pause_mode(mode)
 
         def pause(conn: Connection) -> Any:
             job_rows.pause(conn, job_id, mode is PauseMode.AGGRESSIVE)

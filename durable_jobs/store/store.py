@@ -70,6 +70,8 @@ def _ping_when_idle(engine: Engine) -> None:
 
 def is_transient(error: BaseException) -> bool:
     """A database error worth retrying as is: lost connection, deadlock, serialization."""
+    if "no such table" in _first_line(error):  # (SQLite) migrate() was never run
+        return False
     if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
         return True
     if isinstance(error, exc.OperationalError | exc.InterfaceError):
@@ -258,10 +260,14 @@ class Store:
         """A clear error in place of a database failure that only the driver's words
         describe: tables missing (``migrate()`` was never run), a lost connection, a
         database locked past the busy timeout. None for anything else."""
+        if self._engine is None:  # nothing was asked of the database yet
+            return None
         orig = getattr(error, "orig", None) or error
-        dbapi = self.engine.dialect.loaded_dbapi
+        dbapi = self._engine.dialect.loaded_dbapi
         if not isinstance(error, exc.DBAPIError) and not isinstance(orig, dbapi.Error):
             return None
+        if str(getattr(orig, "sqlstate", None) or "").startswith("40"):
+            return None  # a serialization failure or deadlock: the caller may retry it
         line = _first_line(error)
         if getattr(orig, "sqlstate", None) == "42P01" or line.startswith("no such table"):
             return StoreUnavailableError(

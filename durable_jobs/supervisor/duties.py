@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("durable_jobs.supervisor")
 DEADLINE_SLACK = 0.005  # seconds after a fan-out's deadline to look (clocks, rounding)
+# A reaper pass is a write transaction: fan-out deadlines close together are taken
+# together, at most this often.
+REAPER_MIN_GAP = 0.05
 
 
 class LeaseKeeper:
@@ -77,6 +80,7 @@ class Duties:
         }
         self.due = dict.fromkeys(self.intervals, 0.0)
         self.next_due = 0.0
+        self.reaper_ran = float("-inf")  # monotonic
 
     def start(self, now: float, wall: float) -> None:
         if self.scheduler is not None:
@@ -94,7 +98,7 @@ class Duties:
     def deadline_in(self, seconds: float, now: float) -> None:
         """A fan-out's deadline passes in ``seconds``: run the reaper then (just after),
         not up to a reaper interval later."""
-        at = now + seconds + DEADLINE_SLACK
+        at = max(now + seconds + DEADLINE_SLACK, self.reaper_ran + REAPER_MIN_GAP)
         self.due["reaper"] = min(self.due["reaper"], at)
         self.next_due = min(self.next_due, at)
 
@@ -102,6 +106,7 @@ class Duties:
         if name == "leases":
             self.leases.run_once(wall)
         elif name == "reaper":
+            self.reaper_ran = now
             counts = self.reaper.run_once(wall)
             for row, write in self.reaper.reclaimed:
                 self.supervisor.hooks.reclaimed(row, write)

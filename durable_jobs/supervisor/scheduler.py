@@ -53,7 +53,7 @@ class Scheduler:
             return SchedulerCounts(0)
         if not self._ensured:
             self.ensure(now)
-        fired = 0
+        fired: list[tuple[Any, ...]] = []
         store = self.store
         with store.write() as conn:
             for row in schedule_rows.due(conn, list(self.schedules), now):
@@ -72,7 +72,7 @@ class Scheduler:
                 if not schedule_rows.advance(conn, row.name, row.next_fire_at, following, now):
                     continue
                 job_rows.insert_one(conn, store.dialect, job, None)
-                self.fired.append(job)
-                fired += 1
+                fired.append(job)
                 log.info("schedule %s fired for tick %s", row.name, tick)
-        return SchedulerCounts(fired)
+        self.fired += fired  # committed
+        return SchedulerCounts(len(fired))

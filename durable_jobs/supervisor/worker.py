@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 from durable_jobs.engine.errors import DurableJobsError, InvalidOptionError
-from durable_jobs.engine.job import PauseMode
+from durable_jobs.engine.job import PauseMode, pause_mode
 from durable_jobs.engine.options import check_name
 from durable_jobs.supervisor.control import Phase
 from durable_jobs.supervisor.pool import QueueSettings
@@ -79,7 +79,7 @@ class Worker:
 
     def pause(self, mode: PauseMode | str = PauseMode.GRACEFUL) -> None:
         """Stop claiming; AGGRESSIVE also kills busy actors and returns their jobs."""
-        self.supervisor.command("pause", PauseMode(mode))
+        self.supervisor.command("pause", pause_mode(mode))
 
     def resume(self) -> None:
         self.supervisor.command("resume")

@@ -315,3 +315,9 @@ def test_the_app_is_found_beside_the_config_and_a_bad_log_level_exits_2(
     assert code == 2 and "--log-level" in err and "Traceback" not in err, err
     code, _, err = run_cli(processes, config, "--check", "--log-level", "debug", cwd=elsewhere)
     assert code == 0, err
+    os.environ["DURABLE_LOG_LEVEL"] = "verbose"  # (run_cli passes the environment on)
+    try:
+        code, _, err = run_cli(processes, config, "--check", cwd=elsewhere)
+    finally:
+        del os.environ["DURABLE_LOG_LEVEL"]
+    assert code == 2 and "DURABLE_LOG_LEVEL" in err and "Traceback" not in err, err

@@ -314,7 +314,7 @@ def test_fan_out_timeout_fires_at_its_deadline(queue: jobs.Queue, tmp_path: Path
         finished = queue.get(job_id).finished_at
         assert finished is not None
         late = finished.timestamp() - created[job_id] - timeout
-        assert late < 0.45, f"a {timeout} s fan-out timeout fired {late:.2f} s late"
+        assert late < 0.5, f"a {timeout} s fan-out timeout fired {late:.2f} s late"
 
 
 @pytest.mark.timeout(40)

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 from sqlalchemy import create_engine, func, select
+from sqlalchemy.exc import DBAPIError
 
 import durable_jobs as jobs
 from durable_jobs.engine.outcomes import Complete, Fail
@@ -598,3 +599,48 @@ def test_an_in_memory_sqlite_url_is_a_private_file(url: str) -> None:
     del store, queue
     gc.collect()
     assert not os.path.exists(os.path.dirname(path))
+
+
+def test_every_queue_operation_on_a_store_never_migrated_says_so(tmp_path: Any) -> None:
+    """Writes retry transient errors: a missing table is not one, and is named at once."""
+    store = jobs.Store(f"sqlite:///{tmp_path}/never-migrated.db")
+    queue = jobs.Queue(store)
+    some_id = "0192f0a0-0000-7000-8000-000000000000"
+    for operation in (lambda: queue.cancel(some_id), lambda: queue.retry(some_id),
+                      lambda: queue.pause_job(some_id), lambda: queue.resume_job(some_id),
+                      lambda: queue.pause_queue("default"),
+                      lambda: queue.is_queue_paused("default")):
+        started = time.monotonic()
+        with pytest.raises(jobs.StoreUnavailableError, match=r"store\.migrate\(\)"):
+            operation()
+        assert time.monotonic() - started < 0.1  # not retried
+    store.dispose()
+
+
+def test_errors_in_the_callers_transaction_pass_through(backend: str, tmp_path: Any,
+                                                       queue: jobs.Queue,
+                                                       request: pytest.FixtureRequest) -> None:
+    """The caller's own transaction, the caller's errors: not turned into ours (here the
+    caller's connection is to a database without the tables)."""
+    if backend == "sqlite":
+        other = f"sqlite:///{tmp_path}/other.db"
+    else:
+        other = request.getfixturevalue("pg_server").new_database()
+    engine = create_engine(other)
+    try:
+        with engine.connect() as conn:
+            with pytest.raises(DBAPIError) as caught:
+                queue.enqueue("a", connection=conn)
+            assert not isinstance(caught.value, jobs.DurableJobsError)
+    finally:
+        engine.dispose()
+
+
+def test_a_bad_pause_mode_or_delay_is_an_invalid_option(queue: jobs.Queue) -> None:
+    job_id = queue.enqueue("a")
+    with pytest.raises(jobs.InvalidOptionError, match="graceful"):
+        queue.pause_job(job_id, mode="bogus")
+    for delay in (float("nan"), float("inf")):
+        with pytest.raises(jobs.InvalidOptionError, match="finite"):
+            queue.enqueue("a", delay=delay)
+    assert queue.get(job_id).status is jobs.Status.PENDING
