@@ -250,6 +250,8 @@ class Queue:
     @_explained
     def result(self, job_id: str, timeout: float | None = None) -> Any:
         """Wait for a terminal state; return the result or raise its failure."""
+        if timeout is not None:
+            to_seconds(timeout, "timeout")  # a clear error for a bad one, before waiting
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.005
         while True:

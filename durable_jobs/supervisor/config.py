@@ -122,6 +122,10 @@ def _parse_database_url(data: Mapping[str, Any]) -> str:
     url = _string(table["url"], "database.url")
     if not url:
         raise ConfigError("database.url", "must not be empty")
+    if url.split("?", 1)[0] in ("sqlite://", "sqlite:///:memory:"):
+        raise ConfigError("database.url", "an in-memory SQLite database is private to the "
+                                          "daemon: no producer could reach it; use a file "
+                                          "(sqlite:///path/jobs.db)")
     return url
 
 

@@ -252,3 +252,11 @@ def test_validation_error_from_file_names_dotted_key(tmp_path: Path) -> None:
     text = FULL_TOML.replace("concurrency = 2", "concurrency = 0")
     with pytest.raises(ConfigError, match=r"^queues\.critical\.concurrency: must be >= 1$"):
         load_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_database_is_refused(url: str) -> None:
+    """Private to the daemon: no producer could enqueue into it."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(minimal(database={"url": url}))
+    assert info.value.key == "database.url" and "in-memory" in info.value.message

@@ -195,6 +195,8 @@ def test_handler_options_are_validated(kwargs: dict[str, object], error: type) -
     (lambda q: jobs.Threshold("half"), jobs.InvalidOptionTypeError, "Threshold"),
     (lambda q: jobs.Every(-5), jobs.InvalidOptionError, "interval"),
     (lambda q: q.worker({"default": 0}), jobs.InvalidOptionError, "concurrency"),
+    (lambda q: q.result("x", timeout="1"), jobs.InvalidOptionTypeError, "timeout"),
+    (lambda q: q.result("x", timeout=-1), jobs.InvalidOptionError, "timeout"),
 ])
 def test_bad_options_raise_the_library_errors(tmp_path, call, error: type, words: str) -> None:  # noqa: ANN001
     """Each is a DurableJobsError (API.md §5) and still the ValueError or TypeError that
