@@ -65,13 +65,15 @@ def running_parent(store: jobs.Store, queue: jobs.Queue, owner: str = "w1") -> s
 
 def suspend(store: jobs.Store, parent: str, args: list[Any], *, owner: str = "w1",
             strategy: str = "collect_all", threshold: float | None = None, position: int = 0,
-            cancel_on_parent_failure: bool = False) -> tuple[bool, str, list[str]]:
+            cancel_on_parent_failure: bool = False,
+            timeout: float | None = None) -> tuple[bool, str, list[str]]:
     """Park ``parent`` on a fan-out of "sub" jobs, one per item of ``args``."""
     now = time.time()
     fan_out_id = str(uuid.uuid4())
     fan_out = {"id": fan_out_id, "parent_id": parent, "position": position,
                "strategy": strategy, "threshold": threshold, "total": len(args),
-               "succeeded": 0, "failed": 0, "cancelled": 0, "deadline": None,
+               "succeeded": 0, "failed": 0, "cancelled": 0,
+               "deadline": None if timeout is None else now + timeout,
                "cancel_on_parent_failure": cancel_on_parent_failure, "status": "open",
                "created_at": now}
     rows = [build_row(Registry(), "sub", arg, HandlerOptions(retries=0), now, now,
@@ -360,3 +362,24 @@ def test_cancel_sub_job_counts_as_failure(store: jobs.Store, queue: jobs.Queue) 
     fo = fan_out_row(store, fan_out_id)
     assert (fo.succeeded, fo.failed) == (1, 1)
 
+
+
+def test_the_reaper_expires_due_fan_outs_and_tells_when_the_next_is_due(
+        store: jobs.Store, queue: jobs.Queue) -> None:
+    """What lets a supervisor look again just after the next deadline (not a second later)."""
+    from durable_jobs.supervisor.reaper import Reaper
+
+    reaper = Reaper(store)
+    assert reaper.run_once(time.time()).next_deadline_in is None  # nothing open
+    soon = running_parent(store, queue)
+    assert suspend(store, soon, [1], timeout=0.2)[0]
+    later = running_parent(store, queue)
+    assert suspend(store, later, [1], timeout=60)[0]
+    counts = reaper.run_once(time.time())
+    assert counts.fan_outs_expired == 0
+    assert counts.next_deadline_in is not None and 0.0 <= counts.next_deadline_in <= 0.2
+    wait_until(lambda: reaper.run_once(time.time()).fan_outs_expired == 1, timeout=10,
+               message="the 0.2 s fan-out to expire")
+    assert status(queue, soon) == "pending" and status(queue, later) == "waiting"
+    left = reaper.run_once(time.time()).next_deadline_in
+    assert left is not None and 55 < left <= 60

@@ -199,3 +199,23 @@ def test_which_writes_make_the_loop_claim_again_at_once() -> None:
     assert _requeued([(plain, Retry(now, error))], now)
     assert _requeued([(sub, Complete("1"))], now)  # its parent may have resumed
     assert _requeued([(sub, Fail(error))], now)
+
+
+def test_a_fan_out_deadline_brings_the_reaper_forward_but_not_too_often() -> None:
+    from types import SimpleNamespace
+
+    from durable_jobs.supervisor.duties import DEADLINE_SLACK, REAPER_MIN_GAP, Duties
+
+    options = SimpleNamespace(lease_timeout=30.0, scheduler=False)
+    duties = Duties(SimpleNamespace(options=options, store=None, queue=None))  # type: ignore[arg-type]
+    duties.due = {"leases": 100.0, "reaper": 101.0, "scheduler": 100.5}
+    duties.next_due = 100.0
+    duties.deadline_in(0.3, now=99.0)  # sooner than the reaper's next pass
+    assert duties.due["reaper"] == pytest.approx(99.3 + DEADLINE_SLACK)
+    assert duties.next_due == pytest.approx(99.3 + DEADLINE_SLACK)
+    duties.deadline_in(5.0, now=99.0)  # later: the earlier pass stays
+    assert duties.due["reaper"] == pytest.approx(99.3 + DEADLINE_SLACK)
+    duties.reaper_ran = 99.0
+    duties.due["reaper"] = 100.0
+    duties.deadline_in(0.0, now=99.0)  # due now, but the reaper ran this instant
+    assert duties.due["reaper"] == pytest.approx(99.0 + REAPER_MIN_GAP)

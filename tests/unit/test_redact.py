@@ -21,6 +21,8 @@ from durable_jobs.engine.redact import redact
     ("proxy-authorization: Digest abcdefgh12", "proxy-authorization: Digest ***"),
     ("got 401 for Bearer abcdef123456 on /api", "got 401 for Bearer *** on /api"),
     ("Authorization: sk-live-1234", "Authorization: ***"),
+    ("password=basic hunter2", "password=*** hunter2"),  # the value is what follows "="
+    ("Authorization: Token abc123", "Authorization: Token ***"),
 ])
 def test_secrets_are_masked(text: str, expected: str) -> None:
     assert redact(text) == expected
@@ -29,6 +31,7 @@ def test_secrets_are_masked(text: str, expected: str) -> None:
 @pytest.mark.parametrize("text", [
     "Basic validation failed for order 12",
     "the bearer of bad news",
+    "the bearer instrument was signed",
     "token bucket empty",
     "ValueError: invalid literal for int() with base 10: 'abc'",
 ])
