@@ -44,6 +44,9 @@ def _json_default(value: object) -> Any:
     raise TypeError(f"value of type {type(value).__name__} is not JSON serialisable")
 
 
+# Payloads are stored as ASCII JSON (non-ASCII characters as \uXXXX escapes), which any
+# database encoding takes as it is; the size limit counts the bytes of the same JSON in
+# UTF-8, where "é" takes 2 bytes, not the 6 of its escape.
 _ENCODER = json.JSONEncoder(default=_json_default, separators=(",", ":"), allow_nan=False)
 _local = threading.local()
 try:
@@ -92,13 +95,21 @@ def encode_json(value: Any, what: str = "args") -> str:
         raise TypeError(f"{what}: not valid JSON: {exc}") from None
     except TypeError as exc:
         raise TypeError(f"{what}: {exc}") from None
-    if len(text) * 4 <= MAX_PAYLOAD:  # no UTF-8 character takes more than 4 bytes
-        return text
-    size = len(text.encode())
+    size = len(text)  # escapes included: at least the UTF-8 size
+    if size > MAX_PAYLOAD and "\\u" in text:
+        size = _utf8_size(text)
     if size > MAX_PAYLOAD:
         raise PayloadTooLargeError(
             f"{what}: {size} bytes once encoded, over the 1 MiB limit ({MAX_PAYLOAD} bytes)")
     return text
+
+
+def _utf8_size(text: str) -> int:
+    """The size in UTF-8 of the JSON ``text`` with its \\uXXXX escapes written out (a
+    lone surrogate counts the 3 bytes that CESU-8 gives it)."""
+    unescaped = json.loads(text)
+    return len(json.dumps(unescaped, ensure_ascii=False, separators=(",", ":"),
+                          allow_nan=False).encode("utf-8", "surrogatepass"))
 
 
 def decode_json(text: str | None) -> Any:

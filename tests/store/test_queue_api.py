@@ -644,3 +644,12 @@ def test_a_bad_pause_mode_or_delay_is_an_invalid_option(queue: jobs.Queue) -> No
         with pytest.raises(jobs.InvalidOptionError, match="finite"):
             queue.enqueue("a", delay=delay)
     assert queue.get(job_id).status is jobs.Status.PENDING
+
+
+def test_non_ascii_args_round_trip(store: jobs.Store, queue: jobs.Queue) -> None:
+    """Stored as ASCII JSON (escapes), which any database encoding takes as it is."""
+    args = {"name": "Zoë", "city": "東京", "emoji": "🎉", "lone": "a\ud800b"}
+    job_id = queue.enqueue("a", args)
+    for one in (job_id, *queue.enqueue_many([jobs.Sub("a", args)])):
+        assert queue.get(one).args == args
+    assert row(store, job_id).args.isascii()

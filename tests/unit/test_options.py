@@ -106,11 +106,18 @@ def test_payload_limit_is_one_mib_inclusive() -> None:
         encode_json(exactly + "x")
 
 
-def test_payload_limit_counts_encoded_bytes() -> None:
-    # 'é' is 2 bytes in UTF-8 (json.dumps escapes it as \\u00e9: 6 bytes).
+def test_payload_limit_counts_utf8_bytes() -> None:
+    """The limit counts the JSON in UTF-8, where 'é' takes 2 bytes; it is stored escaped
+    (\\u00e9), which any database encoding takes as it is."""
+    fits = "é" * ((MAX_PAYLOAD - 2) // 2)  # plus two quotes
+    assert encode_json(fits) == '"' + "\\u00e9" * len(fits) + '"'
+    with pytest.raises(jobs.PayloadTooLargeError, match=f"{MAX_PAYLOAD + 2} bytes"):
+        encode_json(fits + "é")
+    wide = "東" * ((MAX_PAYLOAD - 2) // 3)  # 3 bytes each in UTF-8
+    assert json.loads(encode_json(wide)) == wide
     with pytest.raises(jobs.PayloadTooLargeError):
-        encode_json("é" * (MAX_PAYLOAD // 6 + 1))
-    assert encode_json("é" * (MAX_PAYLOAD // 6 - 1))
+        encode_json(wide + "東")
+    assert encode_json({"name": "Zoë"}) == '{"name":"Zo\\u00eb"}'
 
 
 def test_payload_error_is_library_error() -> None:
