@@ -100,6 +100,15 @@ def db_url(backend: str, tmp_path, request: pytest.FixtureRequest) -> str:  # no
 
 
 @pytest.fixture
+def pg_store(pg_server: PgServer) -> Iterator[jobs.Store]:
+    """A store on this session's PostgreSQL database, emptied: for PostgreSQL-only tests."""
+    pg_server.truncate()
+    store = jobs.Store(pg_server.url)
+    yield store
+    store.dispose()
+
+
+@pytest.fixture
 def store(db_url: str) -> Iterator[jobs.Store]:
     s = jobs.Store(db_url)
     yield s

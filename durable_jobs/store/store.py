@@ -68,6 +68,14 @@ def _ping_when_idle(engine: Engine) -> None:
             raise exc.DisconnectionError(str(error)) from error
 
 
+def _connection_lost(error: BaseException) -> bool:
+    """psycopg's own error for a connection that broke under a statement."""
+    import psycopg
+
+    return isinstance(error, psycopg.OperationalError) and getattr(error, "sqlstate", None) in (
+        None, "57P01", "57P02", "57P03")  # no state (socket closed), admin/crash shutdown
+
+
 def is_transient(error: BaseException) -> bool:
     """A database error worth retrying as is: lost connection, deadlock, serialization."""
     if "no such table" in _first_line(error):  # (SQLite) migrate() was never run
@@ -208,10 +216,30 @@ class Store:
         kept.give_back(direct)
 
     def execute_autocommit(self, sql: str, params: tuple[Any, ...]) -> None:
-        """Run one driver-level statement that commits by itself: the enqueue fast path
-        (one round trip on PostgreSQL, no SQLAlchemy statement or pool machinery)."""
+        """Run one driver-level INSERT of a row with a new primary key, committing by
+        itself: the enqueue fast path (one round trip on PostgreSQL, no SQLAlchemy
+        statement or pool machinery).
+
+        On PostgreSQL a kept connection may have died since its last use (the server
+        restarted, an idle connection was cut): a lost connection is retried once on a new
+        one, and a primary-key conflict on that retry means the first try had committed.
+        """
+        postgres = self.dialect.name == "postgresql"
+        try:
+            self._execute_direct(sql, params, postgres)
+        except Exception as error:
+            if not postgres or not _connection_lost(error):
+                raise
+            try:
+                self._execute_direct(sql, params, postgres)
+            except Exception as again:
+                if getattr(again, "sqlstate", None) != "23505":  # unique_violation
+                    raise
+                # (The row's id is new: only our own first try can hold it.)
+
+    def _execute_direct(self, sql: str, params: tuple[Any, ...], postgres: bool) -> None:
         with self._direct_connection() as direct:
-            if self.dialect.name == "postgresql":  # parsed once (see PostgreSQLDialect)
+            if postgres:  # parsed once (see PostgreSQLDialect)
                 direct.cursor.execute(sql, params, prepare=True)
             else:
                 direct.cursor.execute(sql, params)

@@ -163,3 +163,40 @@ def test_a_forked_child_leaves_the_parents_connections_alone(store: jobs.Store,
     with store.read() as conn:
         assert sorted(conn.execute(text("SELECT args FROM jobs")).scalars()) == [
             '"child"', '"parent after"', '"parent before"']
+
+
+def test_an_enqueue_survives_a_kept_connection_cut_by_the_server(pg_store: jobs.Store) -> None:
+    """A server restart or an idle-connection killer cuts the kept connection: the next
+    enqueue retries once on a new one instead of failing."""
+    store, queue = pg_store, jobs.Queue(pg_store)
+    queue.enqueue("a")  # opens the kept connection
+    with store.engine.connect() as admin:
+        cut = admin.execute(text(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar_one()
+    assert cut >= 1
+    store.engine.dispose()  # (pooled connections were cut too; only the kept one is tested)
+    job_id = queue.enqueue("b")
+    assert queue.get(job_id).name == "b"
+    with store.read() as conn:
+        assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 2
+
+
+def test_a_retried_enqueue_whose_first_try_committed_is_written_once(
+        pg_store: jobs.Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection broke after the server committed: the retry meets the row's own id."""
+    store, queue = pg_store, jobs.Queue(pg_store)
+    real = store._execute_direct
+    calls = []
+
+    def commit_then_lose(sql: str, params: tuple[object, ...], postgres: bool) -> None:
+        calls.append(sql)
+        real(sql, params, postgres)
+        if len(calls) == 1:
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(store, "_execute_direct", commit_then_lose)
+    job_id = queue.enqueue("a")
+    assert len(calls) == 2 and queue.get(job_id).name == "a"
+    with store.read() as conn:
+        assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 1

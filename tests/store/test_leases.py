@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -465,14 +464,6 @@ def plan_scans(node: dict[str, Any]) -> list[tuple[str, str]]:
     for child in node.get("Plans", []):
         found += plan_scans(child)
     return found
-
-
-@pytest.fixture
-def pg_store(pg_server: Any) -> Iterator[jobs.Store]:
-    pg_server.truncate()
-    store = jobs.Store(pg_server.url)
-    yield store
-    store.dispose()
 
 
 def test_flush_and_checkpoints_look_jobs_up_by_primary_key_whatever_the_statistics(
