@@ -10,6 +10,7 @@ import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from durable_jobs.engine.errors import InvalidOptionError, InvalidOptionTypeError, JobError
@@ -24,7 +25,7 @@ class Sub:
     priority: int | None = None
     retries: int | None = None
     queue: str | None = None
-    timeout: float | None = None
+    timeout: float | timedelta | None = None
 
 
 T = TypeVar("T")
