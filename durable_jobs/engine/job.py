@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from durable_jobs.engine.errors import JobError
+from durable_jobs.engine.errors import InvalidOptionError, JobError
 
 
 class Status(enum.StrEnum):
@@ -74,7 +74,5 @@ def pause_mode(value: PauseMode | str) -> PauseMode:
     try:
         return PauseMode(value)
     except ValueError:
-        from durable_jobs.engine.errors import InvalidOptionError
-
         raise InvalidOptionError(f"pause mode must be 'graceful' or 'aggressive', "
                                  f"got {value!r}") from None

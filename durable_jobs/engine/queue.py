@@ -140,9 +140,7 @@ class Queue:
 
         Checked now, as ``enqueue`` checks a job: a schedule the scheduler could never fire
         must fail here, not at every tick in a supervisor."""
-        from durable_jobs.engine.schedules import Cron, Daily, Every, Weekly
-
-        if not isinstance(spec, Every | Daily | Weekly | Cron):
+        if not isinstance(spec, ScheduleSpec):
             raise InvalidOptionTypeError(
                 f"schedule {name!r}: spec must be jobs.Every, jobs.Daily, jobs.Weekly or "
                 f"jobs.Cron, got {type(spec).__name__}")

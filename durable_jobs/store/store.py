@@ -68,11 +68,9 @@ def _ping_when_idle(engine: Engine) -> None:
             raise exc.DisconnectionError(str(error)) from error
 
 
-def _connection_lost(error: BaseException) -> bool:
-    """psycopg's own error for a connection that broke under a statement."""
-    import psycopg
-
-    return isinstance(error, psycopg.OperationalError) and getattr(error, "sqlstate", None) in (
+def _connection_lost(error: BaseException, dbapi: Any) -> bool:
+    """The driver's own error for a connection that broke under a statement."""
+    return isinstance(error, dbapi.OperationalError) and getattr(error, "sqlstate", None) in (
         None, "57P01", "57P02", "57P03")  # no state (socket closed), admin/crash shutdown
 
 
@@ -228,7 +226,7 @@ class Store:
         try:
             self._execute_direct(sql, params, postgres)
         except Exception as error:
-            if not postgres or not _connection_lost(error):
+            if not postgres or not _connection_lost(error, self.engine.dialect.loaded_dbapi):
                 raise
             try:
                 self._execute_direct(sql, params, postgres)
@@ -294,10 +292,11 @@ class Store:
         dbapi = self._engine.dialect.loaded_dbapi
         if not isinstance(error, exc.DBAPIError) and not isinstance(orig, dbapi.Error):
             return None
-        if str(getattr(orig, "sqlstate", None) or "").startswith("40"):
+        sqlstate = str(getattr(orig, "sqlstate", None) or "")
+        if sqlstate.startswith("40"):
             return None  # a serialization failure or deadlock: the caller may retry it
         line = _first_line(error)
-        if getattr(orig, "sqlstate", None) == "42P01" or line.startswith("no such table"):
+        if sqlstate == "42P01" or line.startswith("no such table"):
             return StoreUnavailableError(
                 f"{self!r} has no durable-jobs tables ({line}): call store.migrate() first")
         if isinstance(error, exc.OperationalError | exc.InterfaceError) or isinstance(

@@ -30,8 +30,8 @@ class Worker:
             check_name(name, "queue name")
             if isinstance(concurrency, bool) or not isinstance(concurrency, int) \
                     or concurrency < 1:
-                raise InvalidOptionError(f"concurrency of queue {name!r} must be an int >= 1, "
-                                 f"got {concurrency!r}")
+                raise InvalidOptionError(f"concurrency of queue {name!r} must be an int "
+                                         f">= 1, got {concurrency!r}")
             settings[name] = QueueSettings(concurrency, max_jobs_per_actor, max_memory_mb)
         options = SupervisorOptions(
             queues=settings, poll_interval=poll_interval, heartbeat_interval=heartbeat_interval,
