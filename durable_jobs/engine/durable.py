@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import contextvars
 import json
+import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, NamedTuple, Protocol
@@ -43,7 +44,13 @@ from durable_jobs.engine.fanout import (
     Threshold,
     checked_once,
 )
-from durable_jobs.engine.options import HandlerOptions, check_name, encode_json, to_seconds
+from durable_jobs.engine.options import (
+    MAX_PAYLOAD,
+    HandlerOptions,
+    check_name,
+    encode_json,
+    to_seconds,
+)
 from durable_jobs.engine.registry import Handler, Registry, coerce_args
 
 FAN_OUT_STEP = "<fan-out>"
@@ -178,7 +185,7 @@ def call(name: str, args: Any = None) -> Any:
         raise NoRetry(error.message if error else "step failed")
     handler = execution.registry.get(name)
     try:
-        value = run_handler(handler, json.loads(encode_json(args)))
+        value = run_handler(handler, as_json(args))
     except NoRetry as exc:
         error = JobError(type(exc).__name__, str(exc))
         execution.runtime.checkpoint(position, name, "failed", None,
@@ -191,7 +198,37 @@ def call(name: str, args: Any = None) -> Any:
         raise NoRetry(str(exc)) from exc
     execution.runtime.checkpoint(position, name, "completed", result, None,
                                  execution.position - position - 1)
-    return json.loads(result)
+    return value if _plain(value) else _scan(result, 0)[0]
+
+
+# A step's args and result are handed on as they come back from JSON (a tuple becomes a
+# list, a dataclass a dict), as if the step had run in another process. A number, a short
+# string, a bool or None comes back as itself: it is passed on without the round trip, the
+# common case of a step that a workflow runs thousands of times. Every step counts here:
+# with many actors sharing the cores, each step runs with cold caches, and json.loads (its
+# Python wrapper and whitespace regexes) cost more than the rest of the step; text this
+# module has just encoded goes to the decoder's C scanner directly: (value, end) from
+# (text, start). (JSONDecoder.__init__ sets it; typeshed does not declare it.)
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_PLAIN_STR = MAX_PAYLOAD // 6 - 2  # characters: under the limit however they are escaped
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is valid JSON that decodes to itself, well under the size limit."""
+    kind = type(value)
+    if kind is int:
+        return -(2**63) <= value < 2**63
+    if kind is str:
+        return len(value) <= _PLAIN_STR
+    if kind is float:
+        return math.isfinite(value)
+    return value is None or kind is bool
+
+
+def as_json(value: Any, what: str = "args") -> Any:
+    """``value`` as it comes back from JSON; TypeError or PayloadTooLargeError as
+    ``encode_json`` raises them."""
+    return value if _plain(value) else _scan(encode_json(value, what), 0)[0]
 
 
 def run_handler(handler: Handler, args: Any) -> Any:

@@ -8,6 +8,7 @@ what replays, what runs again and what fails.
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -311,6 +312,55 @@ def test_step_args_and_results_go_through_json() -> None:
     outcome = run(calls, bad_args)
     assert outcome.kind == "failed" and outcome.error.type == "TypeError"
     assert "object" in outcome.error.message
+
+
+class Size(enum.IntEnum):
+    SMALL = 1
+
+
+class Name(str):
+    """A str subclass: JSON hands it on as a plain str."""
+
+
+@pytest.mark.parametrize("value", [
+    7, -(2**63), 2**63 - 1, 2**64, 0.5, -0.0, True, False, None, "", "text", "é\u2603\n",
+    Size.SMALL, Name("x"), [1, (2, 3)], {"a": (1,)},
+])
+def test_step_args_and_results_arrive_as_json_would_give_them(value: Any) -> None:
+    """A number, a string, a bool or None is handed on as itself (no JSON round trip is
+    needed); anything else as its JSON form. Either way, exactly what JSON gives back."""
+    calls = Calls()
+    seen: list[Any] = []
+    calls.add("echo", lambda args: seen.append(args) or args)
+
+    def workflow(args: Any) -> Any:
+        result = jobs.call("echo", value)
+        return {"type": type(result).__name__, "value": result}
+
+    outcome = run(calls, workflow)
+    expected = json.loads(json.dumps(value))
+    assert seen == [expected] and type(seen[0]) is type(expected)
+    assert json.loads(outcome.result) == {"type": type(expected).__name__, "value": expected}
+
+
+@pytest.mark.parametrize(("args", "error", "says"), [
+    (float("nan"), "TypeError", "not valid JSON"),
+    (float("inf"), "TypeError", "not valid JSON"),
+    ("x" * (1024 * 1024), "PayloadTooLargeError", "1 MiB"),
+    ("\x00" * (1024 * 1024 // 6 + 1), "PayloadTooLargeError", "1 MiB"),  # 6 bytes each
+    ({1, 2}, "TypeError", "set"),
+])
+def test_step_args_that_are_not_json_fail_the_job_naming_the_problem(
+        args: Any, error: str, says: str) -> None:
+    calls = Calls()
+    calls.add("echo")
+
+    def workflow(_args: Any) -> Any:
+        return jobs.call("echo", args)
+
+    outcome = run(calls, workflow)
+    assert outcome.kind == "failed" and outcome.error.type == error
+    assert says in outcome.error.message and calls.ran("echo") == 0
 
 
 def test_async_step_from_sync_and_async_workflows() -> None:
