@@ -495,8 +495,8 @@ def test_flush_and_checkpoints_look_jobs_up_by_primary_key_whatever_the_statisti
 def test_nothing_prepared_runs_on_a_generic_plan(pg_store: jobs.Store) -> None:
     """PostgreSQL keeps a generic plan of a prepared statement after a few calls; one made
     while the table was small scans all of it once it has grown. Only the statements
-    prepared on purpose are (a lone checkpoint's, the one-pass flush's, the enqueue's
-    INSERT), and they are planned at every call all the same."""
+    prepared on purpose are (a lone checkpoint's, a batch of checkpoints', the one-pass
+    flush's, the enqueue's INSERT), and they are planned at every call all the same."""
     store, queue = pg_store, jobs.Queue(pg_store)
     queue.enqueue_many([jobs.Sub("a") for _ in range(40)])
     taken = claim(store, ["a"], limit=30)
@@ -517,7 +517,7 @@ def test_nothing_prepared_runs_on_a_generic_plan(pg_store: jobs.Store) -> None:
                 "SELECT statement, generic_plans FROM pg_prepared_statements"))
     kinds = sorted({"flush" if "claimed_0" in text else "batch" if "unnest" in text
                     else "lone" for text, _plans in prepared})
-    assert kinds == ["flush", "lone"], prepared  # a batch of checkpoints is not prepared
+    assert kinds == ["batch", "flush", "lone"], prepared
     # What is prepared on purpose is still planned at every call, for the table as it is:
     # a generic plan made while the table was small (and analysed) scanned all of it later.
     assert all(plans == 0 for _text, plans in prepared), prepared

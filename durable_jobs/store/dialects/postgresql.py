@@ -63,15 +63,13 @@ COPY_SQL = f"COPY jobs ({', '.join(INSERT_COLUMNS)}) FROM STDIN"
 
 
 # rows: (job_id, position, name, status, result, error, span, lease token or NULL)
-SAVE_STEPS = """
+_SAVE_STEPS = """
 WITH v AS (
     SELECT * FROM unnest(%(c0)b::text[], %(c1)b::int[], %(c2)b::text[], %(c3)b::text[],
                          %(c4)b::text[], %(c5)b::text[], %(c6)b::int[], %(c7)b::text[])
         AS v(job_id, position, name, status, result, error, span, token)
 ), ok AS (
-    UPDATE jobs SET checkpoints = jobs.checkpoints + (  -- a job may have several rows in v
-        SELECT count(*) FROM v AS mine WHERE mine.job_id = jobs.id
-          AND (mine.token IS NULL OR mine.token = jobs.lease_token))
+    UPDATE jobs SET checkpoints = jobs.checkpoints + {count}
     FROM v
     WHERE jobs.id = ANY(%(c0)b::varchar[])  -- the primary key finds the rows, whatever the
       AND jobs.id = v.job_id                -- table's statistics say
@@ -84,6 +82,14 @@ SELECT v.job_id, v.position, v.name, v.status, v.result, v.error, v.span, %(now)
 FROM v JOIN ok ON ok.id = v.job_id AND (v.token IS NULL OR v.token = ok.lease_token)
 RETURNING job_id, position
 """
+# Each job has one row in the batch (always, in practice: an actor sends its next step only
+# once the last one is acknowledged). Prepared, and planned at each call.
+SAVE_STEPS_DISTINCT = _SAVE_STEPS.format(count="1")
+# A job may have several rows: count each job's rows (about 40% more work for the server:
+# 0.4 ms more for a batch of 26 steps).
+SAVE_STEPS = _SAVE_STEPS.format(count="""(
+        SELECT count(*) FROM v AS mine WHERE mine.job_id = jobs.id
+          AND (mine.token IS NULL OR mine.token = jobs.lease_token))""")
 
 # The same for one step (a lone workflow's steady state): scalar parameters, a statement
 # much cheaper to plan than SAVE_STEPS (about 0.3 ms of a 0.9 ms checkpoint), and prepared,
@@ -243,11 +249,14 @@ class PostgreSQLDialect:
             sql = SAVE_STEP
             params.update((f"c{i}", value) for i, value in enumerate(rows[0]))
         else:
-            sql = SAVE_STEPS
-            params.update((f"c{i}", list(values))
-                          for i, values in enumerate(zip(*rows, strict=True)))
+            columns = list(zip(*rows, strict=True))
+            distinct = len(set(columns[0])) == len(rows)
+            sql = SAVE_STEPS_DISTINCT if distinct else SAVE_STEPS
+            params.update((f"c{i}", list(values)) for i, values in enumerate(columns))
+        prepare = sql is SAVE_STEP or (sql is SAVE_STEPS_DISTINCT
+                                       and driver.info.server_version >= CUSTOM_PLANS_FROM)
         with driver.cursor() as cursor:
-            cursor.execute(sql, params, prepare=sql is SAVE_STEP)
+            cursor.execute(sql, params, prepare=prepare)
             saved = {(job_id, position) for job_id, position in cursor.fetchall()}
         return [(row[0], row[1]) in saved for row in rows]
 
