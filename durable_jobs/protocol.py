@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 from durable_jobs.engine.durable import FanOutSpec, StoredStep
 from durable_jobs.engine.errors import JobError, ProtocolError
 
-VERSION = 1
+VERSION = 2  # 2: frames are (code, *fields) tuples
 
 
 # -- actor -> supervisor ---------------------------------------------------------------
@@ -166,6 +166,8 @@ class Stop:
     """Finish nothing more and exit (recycling, shutdown)."""
 
 
+# A message's code is its index here. Ready stays first, with its (version, pid), in every
+# version: a supervisor reads the version of an actor started from an upgraded package.
 MESSAGES = (Ready, Booted, BootFailed, Heartbeat, Checkpoint, Outcome, Outcomes, Revoked, Event,
             Init, Lease, Leases, Revoke, CheckpointAck, Ping, Stop)
 _CODE = {cls: code for code, cls in enumerate(MESSAGES)}
@@ -194,7 +196,9 @@ def decode(data: bytes) -> Any:
     except Exception as exc:  # noqa: BLE001 - any garbage becomes one error type
         raise ProtocolError(f"undecodable message ({len(data)} bytes): {exc}") from None
     if type(frame) is not tuple or not frame:
-        raise ProtocolError(f"unexpected message type {type(frame).__name__}")
+        hint = " (sent by another version of durable-jobs?)" \
+            if type(frame).__module__.startswith("durable_jobs") else ""
+        raise ProtocolError(f"unexpected message type {type(frame).__name__}{hint}")
     code = frame[0]
     if type(code) is not int or not 0 <= code < len(MESSAGES):
         raise ProtocolError(f"unknown message code {code!r:.40}")
@@ -202,10 +206,12 @@ def decode(data: bytes) -> Any:
     try:
         if cls in _BATCHES:
             (items,) = frame[1:]
+            if type(items) is not tuple or any(type(item) is not tuple for item in items):
+                raise TypeError("its items are not tuples")
             return cls(tuple(map(_BATCHES[cls]._make, items)))
         if cls in _FIELDS:
             return cls(*frame[1:])
         message = cls._make(frame[1:])
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any misfit becomes one error type
         raise ProtocolError(f"malformed {cls.__name__} message: {exc}") from None
     return message

@@ -81,6 +81,14 @@ class Inbox:
                     self.dispatcher.add_checkpoint(actor.job, message)
             case p.Event(job_id=job_id, kind=kind, data=data):
                 self.hooks.custom(job_id, kind, data)
+            case p.Ready(version=version) if version != p.VERSION:
+                # durable-jobs was upgraded in place while this supervisor ran: the new
+                # actor speaks another protocol. It exits; repeated, this is a boot failure.
+                self.pool.last_boot_error = (
+                    f"actor {actor.id} speaks protocol version {version}, this supervisor "
+                    f"{p.VERSION}: restart the supervisor after upgrading durable-jobs")
+                log.error("%s", self.pool.last_boot_error)
+                self.send(actor.id, p.Stop())
             case p.Ready():
                 self.send(actor.id, self.init)
             case p.Booted():

@@ -255,6 +255,28 @@ def test_checkpoints_are_saved_only_under_the_claim_that_holds_the_lease(
     assert row(store, ours).checkpoints == 1 and row(store, other).checkpoints == 0
 
 
+def test_a_batch_of_distinct_jobs_keeps_only_the_steps_of_jobs_still_ours(
+        store: jobs.Store, queue: jobs.Queue) -> None:
+    """Each job once in the batch (the supervisor's usual batch, a statement of its own on
+    PostgreSQL): the same guards, and each accepted step counted once."""
+    ours, untokened = running(store, queue, "a"), running(store, queue, "a2")
+    stale = running(store, queue, "a3")
+    other = running(store, queue, "b", owner="w2")
+    pending = queue.enqueue("c")
+    token = row(store, ours).lease_token
+    for position in (0, 1):
+        rows = [step(ours, position, token), step(stale, position, "stale-token"),
+                step(other, position, None), step(pending, position, None),
+                step("no-such-job", position, None), step(untokened, position, None)]
+        assert save(store, "w1", rows, driver=True) == [True, False, False, False, False, True]
+    assert [s[0] for s in stored_steps(store, ours)] == [0, 1]
+    assert [s[0] for s in stored_steps(store, untokened)] == [0, 1]
+    assert stored_steps(store, stale) == stored_steps(store, other) == []
+    assert stored_steps(store, pending) == []
+    assert [row(store, j).checkpoints for j in (ours, untokened, stale, other, pending)] == [
+        2, 2, 0, 0, 0]
+
+
 def test_checkpoints_on_a_driver_connection(store: jobs.Store, queue: jobs.Queue) -> None:
     """The supervisor writes checkpoint-only batches through ``Store.driver_write()``: one
     self-committing statement on PostgreSQL, BEGIN IMMEDIATE ... COMMIT on SQLite."""

@@ -332,15 +332,16 @@ def test_step_args_and_results_arrive_as_json_would_give_them(value: Any) -> Non
     calls = Calls()
     seen: list[Any] = []
     calls.add("echo", lambda args: seen.append(args) or args)
+    calls.add("give", lambda _args: value)  # returns the value itself, not its JSON form
 
     def workflow(args: Any) -> Any:
-        result = jobs.call("echo", value)
-        return {"type": type(result).__name__, "value": result}
+        echoed, given = jobs.call("echo", value), jobs.call("give")
+        return [{"type": type(result).__name__, "value": result} for result in (echoed, given)]
 
     outcome = run(calls, workflow)
     expected = json.loads(json.dumps(value))
     assert seen == [expected] and type(seen[0]) is type(expected)
-    assert json.loads(outcome.result) == {"type": type(expected).__name__, "value": expected}
+    assert json.loads(outcome.result) == [{"type": type(expected).__name__, "value": expected}] * 2
 
 
 @pytest.mark.parametrize(("args", "error", "says"), [

@@ -3,6 +3,7 @@ as an equal object of its own class, and anything else on the socket is a Protoc
 
 from __future__ import annotations
 
+import operator
 import pickle
 
 import pytest
@@ -75,6 +76,12 @@ def test_a_step_travels_as_a_tuple_of_plain_data() -> None:
     (pickle.dumps((p.MESSAGES.index(p.Ready), 1, 2, 3)), "malformed Ready"),
     (pickle.dumps((p.MESSAGES.index(p.Leases), ("not", "leases"))), "malformed Leases"),
     (pickle.dumps((p.MESSAGES.index(p.Outcomes),)), "malformed Outcomes"),
+    (pickle.dumps((p.MESSAGES.index(p.Leases), b"12345678")), "malformed Leases"),
+    (pickle.dumps((p.MESSAGES.index(p.Leases), map(operator.truediv, [1], [0]))),
+     "malformed Leases"),
+    (pickle.dumps((p.MESSAGES.index(p.Outcomes), (map(operator.itemgetter("k"), [{}]),))),
+     "malformed Outcomes"),
+    (pickle.dumps(p.Stop()), "unexpected message type Stop .sent by another version"),
 ])
 def test_anything_else_is_a_protocol_error_naming_the_problem(data: bytes, says: str) -> None:
     with pytest.raises(ProtocolError, match=says):

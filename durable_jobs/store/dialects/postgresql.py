@@ -201,9 +201,9 @@ class PostgreSQLDialect:
         plan made while a table was small (or analysed while small) kept scanning all of it
         once it had grown: a checkpoint batch took 30-45 ms at 200,000 jobs instead of 1,
         until autovacuum's statistics replaced the plan. The enqueue's INSERT, a lone
-        checkpoint's statement and (on PostgreSQL 12 and later) the one-pass flush's are
-        prepared, to be parsed once; they too are planned at every call
-        (``plan_cache_mode = force_custom_plan``).
+        checkpoint's statement and (on PostgreSQL 12 and later) a batch of checkpoints'
+        and the one-pass flush's are prepared, to be parsed once; they too are planned at
+        every call (``plan_cache_mode = force_custom_plan``).
         """
         event.listen(engine, "connect", _plan_every_call)
 
