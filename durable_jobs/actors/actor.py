@@ -30,6 +30,7 @@ import cloudpickle
 import zmq
 
 from durable_jobs import protocol as p
+from durable_jobs import slices
 from durable_jobs.actors import execution
 from durable_jobs.actors.execution import execute
 from durable_jobs.engine.durable import LeaseLost
@@ -313,6 +314,7 @@ def serve(channel: Channel, registry: Registry) -> None:
 def main(args: ActorArgs) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor owns shutdown
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    slices.request(slices.DEFAULT)  # not the supervisor's short slice (durable_jobs.slices)
     context = zmq.Context()
     channel = Channel(context, args)
     registry, init = boot(channel)

@@ -25,6 +25,7 @@ import cloudpickle
 import zmq
 
 from durable_jobs import protocol as p
+from durable_jobs import slices
 from durable_jobs.engine import events as ev
 from durable_jobs.engine.errors import DurableJobsError, JobError
 from durable_jobs.engine.job import PauseMode
@@ -126,6 +127,8 @@ class Supervisor(Inbox, Control):
         self.run_dir = tempfile.mkdtemp(prefix="durable-jobs-")
         os.chmod(self.run_dir, 0o700)
         self.endpoint = f"ipc://{self.run_dir}/supervisor.sock"
+        # Before the context: its I/O thread inherits the slice (see durable_jobs.slices).
+        self.short_slice = slices.request(slices.SHORT)
         self.context = zmq.Context()
         self.router = self.context.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -219,6 +222,8 @@ class Supervisor(Inbox, Control):
                 supervisor_rows.remove(conn, self.id)
         except Exception:  # noqa: BLE001 - best effort on the way out
             log.warning("could not remove supervisor row %s", self.id)
+        if getattr(self, "short_slice", False):  # the thread may be the host program's
+            slices.request(slices.DEFAULT)
         self.phase = Phase.STOPPED
 
     # -- the loop ------------------------------------------------------------------------
