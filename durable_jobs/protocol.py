@@ -180,8 +180,8 @@ def encode(message: Any) -> bytes:
     """The wire form of a message: a pickled ``(code, *fields)``."""
     cls = type(message)
     if cls in _BATCHES:
-        (items,) = vars(message).values()
-        frame: tuple[Any, ...] = (_CODE[cls], tuple(map(tuple, items)))
+        (field,) = _FIELDS[cls]
+        frame: tuple[Any, ...] = (_CODE[cls], tuple(map(tuple, getattr(message, field))))
     elif cls in _FIELDS:
         frame = (_CODE[cls], *[getattr(message, name) for name in _FIELDS[cls]])
     else:  # a named tuple

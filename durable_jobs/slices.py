@@ -57,14 +57,3 @@ def request(slice_ns: int) -> bool:
     except (OSError, AttributeError):  # no libc to call through
         return False
 
-
-def current() -> int | None:
-    """The calling thread's slice in ns as the kernel reports it (Linux 6.12 and later)."""
-    try:
-        with open("/proc/thread-self/sched") as f:
-            for line in f:
-                if line.startswith("se.slice"):
-                    return int(line.split(":")[1])
-    except (OSError, ValueError):
-        pass
-    return None

@@ -225,10 +225,10 @@ def _plain(value: Any) -> bool:
     return value is None or kind is bool
 
 
-def as_json(value: Any, what: str = "args") -> Any:
+def as_json(value: Any) -> Any:
     """``value`` as it comes back from JSON; TypeError or PayloadTooLargeError as
     ``encode_json`` raises them."""
-    return value if _plain(value) else _scan(encode_json(value, what), 0)[0]
+    return value if _plain(value) else _scan(encode_json(value), 0)[0]
 
 
 def run_handler(handler: Handler, args: Any) -> Any:
