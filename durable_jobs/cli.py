@@ -59,7 +59,7 @@ def supervisor_options(config: Config) -> Any:
                 for q in config.queues},
         poll_interval=s.poll_interval, heartbeat_interval=s.heartbeat_interval,
         lease_timeout=s.lease_timeout, scheduler=s.scheduler, pause_mode=s.pause_mode,
-        shutdown_timeout=s.shutdown_timeout, prefetch=s.prefetch)
+        shutdown_timeout=s.shutdown_timeout, prefetch=s.prefetch, retention=s.retention)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,7 +159,9 @@ OPERATIONS: dict[str, Callable[[Queue, argparse.Namespace], None]] = {
     "pause-worker": _set_worker_paused(True),
     "resume-worker": _set_worker_paused(False),
     "status": _status,
+    "prune": lambda q, a: print(f"prune: deleted {q.prune(a.older_than)} jobs"),
 }
+QUIET = ("status", "prune")  # commands that print their own answer
 
 
 def _operator_parser() -> argparse.ArgumentParser:
@@ -176,6 +178,8 @@ def _operator_parser() -> argparse.ArgumentParser:
     for name in ("resume-job", "cancel", "retry", "resume-worker"):
         sub.add_parser(name).add_argument("id")
     sub.add_parser("status")
+    sub.add_parser("prune", help="delete jobs finished more than --older-than seconds ago"
+                   ).add_argument("--older-than", type=float, required=True, metavar="SECONDS")
     return parser
 
 
@@ -194,7 +198,7 @@ def operator_main(argv: list[str] | None = None) -> int:
         return _fail("durable-jobs", str(exc), EXIT_FAILURE)
     finally:
         store.dispose()
-    if args.command != "status":
+    if args.command not in QUIET:
         print(f"{args.command}: ok")
     return EXIT_OK
 

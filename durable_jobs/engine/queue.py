@@ -42,7 +42,7 @@ from durable_jobs.engine.schedules import ScheduleSpec
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
-    from durable_jobs.store import fanouts
+    from durable_jobs.store import fanouts, retention
     from durable_jobs.store import jobs as job_rows
     from durable_jobs.store.store import Store
     from durable_jobs.supervisor.worker import Worker
@@ -51,7 +51,10 @@ else:
     # that build a Queue, and must boot fast without ever touching the database.
     fanouts = LazyModule("durable_jobs.store.fanouts")
     job_rows = LazyModule("durable_jobs.store.jobs")
+    retention = LazyModule("durable_jobs.store.retention")
 
+PRUNE_BATCH = 500  # top-level jobs looked at per pruning transaction
+PRUNE_BUSY_TURNS = 600  # 30 s of another supervisor pruning, or of rows locked elsewhere
 F = TypeVar("F", bound=Callable[..., Any])
 M = TypeVar("M", bound=Callable[..., Any])
 
@@ -318,6 +321,31 @@ class Queue:
             store.dialect.notify(conn)
 
         self._write(retry)
+
+    def prune(self, older_than: float | timedelta) -> int:
+        """Delete the jobs that finished (completed, failed or cancelled) more than
+        ``older_than`` seconds (or a timedelta) ago, with their steps and sub-jobs; a job
+        with sub-jobs goes only once all of them finished that long ago too. Returns how
+        many jobs were deleted (sub-jobs included). Deleted jobs are unknown from then on:
+        ``get`` raises ``JobNotFoundError``."""
+        seconds = to_seconds(older_than, "older_than")
+        if seconds is None:
+            raise InvalidOptionTypeError("older_than must be seconds or a timedelta, got None")
+        cutoff = time.time() - seconds
+        store = self.store
+        deleted, after, busy_turns = 0, "", 0
+        while after is not None:
+            turn = self._write(functools.partial(retention.prune, dialect=store.dialect,
+                                                 cutoff=cutoff, limit=PRUNE_BATCH, after=after))
+            deleted += turn.deleted
+            after = turn.after
+            busy_turns = busy_turns + 1 if turn.busy else 0
+            if busy_turns >= PRUNE_BUSY_TURNS:
+                raise StoreUnavailableError(
+                    "prune: the jobs to delete stayed locked by other transactions")
+            if turn.busy:
+                time.sleep(0.05)
+        return deleted
 
     @_explained
     def pause_job(self, job_id: str, mode: PauseMode | str = PauseMode.GRACEFUL) -> None:

@@ -65,6 +65,7 @@ class SupervisorConfig:
     pause_mode: str = "graceful"
     shutdown_timeout: float = 30.0
     prefetch: int = 0
+    retention: float | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,8 @@ def _parse_supervisor(data: Mapping[str, Any]) -> SupervisorConfig:
             table, "supervisor.shutdown_timeout", d.shutdown_timeout, 0.0, inclusive=True
         ),
         prefetch=_with_default(_int_key(table, "supervisor.prefetch", 0), d.prefetch),
+        retention=_float_key(table, "supervisor.retention", 0.0, 0.0)
+        if "retention" in table else None,
     )
 
 

@@ -5,6 +5,7 @@
   beat the supervisors row and read its paused flag (an operator may set it from elsewhere).
 * reaper: reclaim expired leases of dead supervisors, expire fan-outs past their deadline.
 * scheduler: fire due schedule ticks (only with ``scheduler=True``).
+* retention: delete the job trees finished longer ago than ``retention`` (only when set).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from durable_jobs.engine.job import PauseMode
 from durable_jobs.store import leases
 from durable_jobs.store import supervisors as supervisor_rows
 from durable_jobs.supervisor.reaper import Reaper
+from durable_jobs.supervisor.retention import Retention
 from durable_jobs.supervisor.scheduler import Scheduler
 
 if TYPE_CHECKING:
@@ -73,11 +75,15 @@ class Duties:
         self.reaper = Reaper(supervisor.store)
         self.scheduler = Scheduler(supervisor.store, supervisor.queue.registry,
                                    supervisor.queue.schedules) if opts.scheduler else None
+        self.retention = Retention(supervisor.store, opts.retention) \
+            if opts.retention else None
         self.intervals = {
             "leases": min(1.0, opts.lease_timeout / 3),
             "reaper": min(1.0, opts.lease_timeout / 3),
             "scheduler": 0.5,
         }
+        if self.retention is not None:
+            self.intervals["retention"] = self.retention.interval
         self.due = dict.fromkeys(self.intervals, 0.0)
         self.next_due = 0.0
         self.reaper_ran = float("-inf")  # monotonic
@@ -125,6 +131,9 @@ class Duties:
             fired, self.scheduler.fired = self.scheduler.fired, []
             if fired and self.supervisor.hooks.bus.active:
                 self.supervisor.hooks.enqueued(fired)
+        elif name == "retention" and self.retention is not None:
+            turn = self.retention.run_once(wall)
+            self.due[name] = now + self.retention.next_in(turn)
 
     def store_paused(self, paused: bool, mode: str | None) -> None:
         sup = self.supervisor

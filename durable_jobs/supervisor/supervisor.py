@@ -67,6 +67,7 @@ class SupervisorOptions:
     shutdown_timeout: float = 30.0
     prefetch: int = 0
     flush_interval: float = FLUSH_INTERVAL
+    retention: float | None = None  # delete jobs finished longer ago (seconds); None: keep
 
 
 @dataclass

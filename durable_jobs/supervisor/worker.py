@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from typing import Any
 
 from durable_jobs.engine.errors import DurableJobsError, InvalidOptionError
 from durable_jobs.engine.job import PauseMode, pause_mode
-from durable_jobs.engine.options import check_name
+from durable_jobs.engine.options import check_name, to_seconds
 from durable_jobs.supervisor.control import Phase
 from durable_jobs.supervisor.pool import QueueSettings
 from durable_jobs.supervisor.supervisor import Supervisor, SupervisorOptions
@@ -24,7 +25,7 @@ class Worker:
                  lease_timeout: float = 30.0, shutdown_timeout: float = 30.0,
                  prefetch: int = 0, pause_mode: str = "graceful",
                  max_jobs_per_actor: int | None = None, max_memory_mb: int | None = None,
-                 store: Any = None) -> None:
+                 retention: float | timedelta | None = None, store: Any = None) -> None:
         settings = {}
         for name, concurrency in queues.items():
             check_name(name, "queue name")
@@ -36,7 +37,8 @@ class Worker:
         options = SupervisorOptions(
             queues=settings, poll_interval=poll_interval, heartbeat_interval=heartbeat_interval,
             lease_timeout=lease_timeout, scheduler=scheduler, pause_mode=pause_mode,
-            shutdown_timeout=shutdown_timeout, prefetch=prefetch)
+            shutdown_timeout=shutdown_timeout, prefetch=prefetch,
+            retention=_retention(retention))
         self.supervisor = Supervisor(queue, options, store)
         self._thread: threading.Thread | None = None
 
@@ -93,3 +95,11 @@ class Worker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _retention(value: float | timedelta | None) -> float | None:
+    """Seconds to keep finished jobs; None keeps them for good."""
+    seconds = to_seconds(value, "retention")
+    if seconds == 0:
+        raise InvalidOptionError("retention must be > 0 seconds (or None: keep jobs)")
+    return seconds

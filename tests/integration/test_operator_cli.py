@@ -204,3 +204,22 @@ def _next(subscription: Any, kind: type) -> Any:
             return None
         if isinstance(event, kind):
             return event
+
+
+@pytest.mark.timeout(30)
+def test_prune_deletes_old_finished_jobs_and_says_how_many(
+        queue: jobs.Queue, db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.store.test_retention import finish
+
+    done, kept = queue.enqueue("quick"), queue.enqueue("quick")
+    finish(queue.store, [done])
+    db = ("--database", db_url)
+    assert run(capsys, *db, "prune", "--older-than", "3600") == (
+        0, "prune: deleted 0 jobs\n", "")
+    code, out, err = run(capsys, *db, "prune", "--older-than", "-1")
+    assert code == 1 and "older_than must be a finite number >= 0" in err
+    wait_until(lambda: run(capsys, *db, "prune", "--older-than", "0")[1]
+               == "prune: deleted 1 jobs\n", timeout=5)
+    with pytest.raises(jobs.JobNotFoundError):
+        queue.get(done)
+    assert queue.get(kept).status is jobs.Status.PENDING

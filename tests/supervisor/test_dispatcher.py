@@ -206,7 +206,7 @@ def test_a_fan_out_deadline_brings_the_reaper_forward_but_not_too_often() -> Non
 
     from durable_jobs.supervisor.duties import DEADLINE_SLACK, REAPER_MIN_GAP, Duties
 
-    options = SimpleNamespace(lease_timeout=30.0, scheduler=False)
+    options = SimpleNamespace(lease_timeout=30.0, scheduler=False, retention=None)
     duties = Duties(SimpleNamespace(options=options, store=None, queue=None))  # type: ignore[arg-type]
     duties.due = {"leases": 100.0, "reaper": 101.0, "scheduler": 100.5}
     duties.next_due = 100.0

@@ -34,6 +34,7 @@ scheduler = false
 pause_mode = "aggressive"
 shutdown_timeout = 0
 prefetch = 3
+retention = 604800
 
 [queues.default]
 concurrency = 4
@@ -76,6 +77,7 @@ def test_load_full_file(tmp_path: Path) -> None:
             pause_mode="aggressive",
             shutdown_timeout=0.0,
             prefetch=3,
+            retention=604800.0,
         ),
         queues=(
             QueueConfig("default", 4, None, None),
@@ -176,6 +178,8 @@ INVALID_CASES: list[tuple[dict[str, Any], str, str]] = [
     ({SUP: {"prefetch": -1}}, "supervisor.prefetch", "must be >= 0"),
     ({SUP: {"prefetch": 1.5}}, "supervisor.prefetch", "must be an integer, got float"),
     ({SUP: {"prefetch": True}}, "supervisor.prefetch", "must be an integer, got bool"),
+    ({SUP: {"retention": 0}}, "supervisor.retention", "must be > 0"),
+    ({SUP: {"retention": "7d"}}, "supervisor.retention", "must be a number, got str"),
     # queues
     ({"queues": None}, "queues", "at least one queue is required"),
     ({"queues": {}}, "queues", "at least one queue is required"),

@@ -11,7 +11,7 @@ import functools
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy import Connection, Engine, bindparam, event, text
 
 from durable_jobs.store.dialects.common import (
     CLAIM_COLUMNS,
@@ -29,6 +29,7 @@ from durable_jobs.store.schema import jobs
 
 CHANNEL = "durable_jobs"
 MIGRATION_LOCK_KEY = 0x6475726A6F6273  # "durjobs"
+PRUNE_LOCK_KEY = MIGRATION_LOCK_KEY + 1
 NOW = "extract(epoch from clock_timestamp())::float8"
 
 # The claim in two parts, so that a flush can put several claims in one statement.
@@ -212,6 +213,28 @@ class PostgreSQLDialect:
 
     def post_migrate(self, conn: Connection) -> None:
         conn.exec_driver_sql(NOTIFY_DDL)
+
+    def prune_lock(self, conn: Connection) -> bool:
+        """One pruning transaction at a time over all supervisors; the others skip a turn."""
+        return bool(conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"),
+                                 {"k": PRUNE_LOCK_KEY}).scalar())
+
+    def lock_trees(self, conn: Connection, tree_sql: str, roots: list[str]) -> bool:
+        """Lock every row of the trees, or give up at once (False) if one is locked: a
+        prune waits for nobody, so it cannot deadlock with a flush."""
+        from psycopg.errors import LockNotAvailable
+        from sqlalchemy.exc import OperationalError
+
+        lock = text(f"{tree_sql}\nSELECT id FROM jobs WHERE id IN (SELECT id FROM tree) "
+                    "FOR UPDATE NOWAIT").bindparams(bindparam("roots", expanding=True))
+        try:
+            with conn.begin_nested():
+                conn.execute(lock, {"roots": roots})
+        except OperationalError as exc:
+            if isinstance(exc.orig, LockNotAvailable):
+                return False
+            raise
+        return True
 
     def claim(
         self, conn: Connection, owner: str, queue: str, names: list[str], limit: int,

@@ -192,6 +192,14 @@ class SQLiteDialect:
     def migration_lock(self, conn: Connection) -> None:
         """BEGIN IMMEDIATE already serialises migrations."""
 
+    def prune_lock(self, conn: Connection) -> bool:
+        """BEGIN IMMEDIATE already keeps other writers out."""
+        return True
+
+    def lock_trees(self, conn: Connection, tree_sql: str, roots: list[str]) -> bool:
+        """Nothing to lock: no other writer runs (BEGIN IMMEDIATE)."""
+        return True
+
     def post_migrate(self, conn: Connection) -> None:
         """Nothing beyond the portable schema."""
 
