@@ -36,8 +36,14 @@ def _v3_lease_index(conn: Connection, dialect: Dialect) -> None:
     lease_index.create(conn, checkfirst=True)
 
 
+def _v4_vacuum_sooner(conn: Connection, dialect: Dialect) -> None:
+    """Claims read the claim index from its oldest entries, and on PostgreSQL those of
+    claimed jobs stay there until a vacuum: have the jobs table vacuumed sooner."""
+    dialect.tune_vacuum(conn)
+
+
 STEPS: list[Callable[[Connection, Dialect], None]] = [
-    _v1_initial, _v2_unique_key_without_nulls, _v3_lease_index]
+    _v1_initial, _v2_unique_key_without_nulls, _v3_lease_index, _v4_vacuum_sooner]
 
 
 def current_version(conn: Connection) -> int:

@@ -262,7 +262,7 @@ def test_upgrade_from_version_2_moves_the_reapers_index(backend: str, tmp_path: 
             conn.execute(schema_version.update().values(version=2))
         queue = jobs.Queue(store)
         job_id = queue.enqueue("a")
-        assert store.migrate() == 3 == len(migrations.STEPS)
+        assert store.migrate() == len(migrations.STEPS)
         with store.read() as conn:
             indexes = {index["name"] for index in inspect(conn).get_indexes("jobs")}
         assert "jobs_leased" in indexes and "jobs_running" not in indexes
@@ -277,6 +277,32 @@ def test_upgrade_from_version_2_moves_the_reapers_index(backend: str, tmp_path: 
         reclaimed = wait_until(reclaim, timeout=5, message="the reaper to see the lease")
         assert [row.id for row, _write in reclaimed] == [job_id]
         assert queue.get(job_id).status is jobs.Status.PENDING
+    finally:
+        store.dispose()
+
+
+def test_the_jobs_table_is_vacuumed_sooner_on_postgresql(request: pytest.FixtureRequest
+                                                          ) -> None:
+    """Version 4 sets the jobs table's autovacuum thresholds, on a new database and on
+    one of version 3 (whose jobs stay)."""
+    store = jobs.Store(fresh_url("postgresql", None, request))
+    try:
+        store.migrate()
+        options = "SELECT reloptions FROM pg_class WHERE relname = 'jobs'"
+        with store.write() as conn:
+            assert "autovacuum_vacuum_scale_factor=0.01" in conn.exec_driver_sql(
+                options).scalar()
+            conn.exec_driver_sql("ALTER TABLE jobs RESET (autovacuum_vacuum_scale_factor, "
+                                 "autovacuum_vacuum_threshold, autovacuum_analyze_scale_factor,"
+                                 " autovacuum_analyze_threshold)")
+            conn.execute(schema_version.update().values(version=3))
+        job_id = jobs.Queue(store).enqueue("a")
+        assert store.migrate() == 4 == len(migrations.STEPS)
+        with store.read() as conn:
+            assert sorted(conn.exec_driver_sql(options).scalar()) == [
+                "autovacuum_analyze_scale_factor=0.02", "autovacuum_analyze_threshold=1000",
+                "autovacuum_vacuum_scale_factor=0.01", "autovacuum_vacuum_threshold=1000"]
+        assert jobs.Queue(store).get(job_id).status is jobs.Status.PENDING
     finally:
         store.dispose()
 

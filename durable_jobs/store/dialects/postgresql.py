@@ -30,6 +30,8 @@ from durable_jobs.store.schema import jobs
 CHANNEL = "durable_jobs"
 MIGRATION_LOCK_KEY = 0x6475726A6F6273  # "durjobs"
 PRUNE_LOCK_KEY = MIGRATION_LOCK_KEY + 1
+VACUUM_SOONER = ("autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000, "
+                 "autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 1000")
 NOW = "extract(epoch from clock_timestamp())::float8"
 
 # The claim in two parts, so that a flush can put several claims in one statement.
@@ -213,6 +215,18 @@ class PostgreSQLDialect:
 
     def post_migrate(self, conn: Connection) -> None:
         conn.exec_driver_sql(NOTIFY_DDL)
+
+    def tune_vacuum(self, conn: Connection) -> None:
+        """Autovacuum on the jobs table after 1% of it changed (plus 1,000 rows), not 20%.
+
+        A claim reads the claim index (pending jobs) from its oldest entries, and the
+        entries of jobs claimed since the last vacuum are still there, dead: with 150,000
+        of them a claim read 1,566 index pages (5.6 ms) instead of a few. On a table of a
+        million jobs, the default waited for 200,000. (Autovacuum still looks once a
+        minute: ``autovacuum_naptime`` is the server's.) The lock this takes lets reads and
+        writes go on.
+        """
+        conn.exec_driver_sql(f"ALTER TABLE jobs SET ({VACUUM_SOONER})")
 
     def prune_lock(self, conn: Connection) -> bool:
         """One pruning transaction at a time over all supervisors; the others skip a turn."""

@@ -203,6 +203,9 @@ class SQLiteDialect:
     def post_migrate(self, conn: Connection) -> None:
         """Nothing beyond the portable schema."""
 
+    def tune_vacuum(self, conn: Connection) -> None:
+        """Nothing to tune: SQLite removes an index entry with its row's change."""
+
     def claim(
         self, conn: Connection, owner: str, queue: str, names: list[str], limit: int,
         lease_timeout: float,
