@@ -50,11 +50,9 @@ class Control:
     drain_deadline: float
     after_flush: Callable[[Flushed], None]
 
-    def send(self, actor_id: str, message: Any) -> None:
-        raise NotImplementedError
-
-    def _decide(self, job: Running, failed: Failed) -> Any:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # declared only: a body here would shadow the real one in the MRO
+        def send(self, actor_id: str, message: Any) -> None: ...
+        def _decide(self, job: Running, failed: Failed) -> Any: ...
 
     def on_actor_exit(self, actor: Actor, code: int) -> None:
         if actor.job is not None:

@@ -35,11 +35,9 @@ class Inbox:
     wake: Wake
     init: p.Init
 
-    def send(self, actor_id: str, message: Any) -> None:
-        raise NotImplementedError
-
-    def on_revoked(self, actor: Actor, job_id: str) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # declared only: a body here would shadow the real one in the MRO
+        def send(self, actor_id: str, message: Any) -> None: ...
+        def on_revoked(self, actor: Actor, job_id: str) -> None: ...
 
     @staticmethod
     def _starts(job: Running, now: float) -> None:

@@ -110,3 +110,55 @@ def test_cancel_of_a_lease_queued_in_an_actor_revokes_it(queue: jobs.Queue,
         queue.result(again, timeout=15)
     assert lines(log) == ["after"]
     assert status(queue, queued) == "cancelled"
+
+
+@pytest.mark.timeout(90)
+def test_pause_and_stop_give_queued_leases_back_at_once(queue: jobs.Queue,
+                                                        tmp_path: Path) -> None:
+    """A graceful worker pause or a stop takes back the leases queued behind a running job
+    (pending again, no attempt used; the actor hands them back when its job ends) and waits
+    only for the running one. (Both used to leave them running: a stop waited its whole
+    timeout, a pause stranded them.)"""
+    import threading
+
+    queue.register("gated", gated)
+    queue.register("mark", mark)
+    log = tmp_path / "marks"
+
+    def batch(gate: Path, tag: str) -> list[str]:
+        return queue.enqueue_many([
+            jobs.Sub("gated", {"gate": str(gate)}, priority=3),
+            jobs.Sub("mark", {"path": str(log), "tag": f"{tag}1"}, priority=2),
+            jobs.Sub("mark", {"path": str(log), "tag": f"{tag}2"}, priority=1),
+        ])
+
+    worker = queue.worker({"default": 1}, prefetch=4, poll_interval=0.1).start()
+    sup = worker.supervisor
+
+    def on_the_actor(ids: list[str]) -> bool:
+        return [job.job_id for a in list(sup.pool.actors.values()) for job in a.jobs] == ids
+
+    try:
+        slow, *queued = ids = batch(tmp_path / "gate", "a")
+        wait_until(lambda: on_the_actor(ids), timeout=10, message="all leases on the actor")
+        worker.pause(jobs.PauseMode.GRACEFUL)
+        (tmp_path / "gate").touch()
+        assert queue.result(slow, timeout=15) == "opened"
+        wait_until(lambda: [status(queue, i) for i in queued] == ["pending"] * 2, timeout=10,
+                   message="the queued leases to be given back")
+        assert [queue.get(i).attempt for i in queued] == [0, 0]
+        assert sup.paused is jobs.PauseMode.GRACEFUL and lines(log) == []
+        worker.resume()
+        for job_id in queued:
+            queue.result(job_id, timeout=15)
+
+        slow, *queued = ids = batch(tmp_path / "gate2", "b")
+        wait_until(lambda: on_the_actor(ids), timeout=10, message="all leases on the actor")
+        threading.Timer(0.5, (tmp_path / "gate2").touch).start()
+        started = time.monotonic()
+    finally:
+        worker.stop(timeout=30)
+    assert time.monotonic() - started < 10  # not the whole 30 s
+    assert status(queue, slow) == "completed"
+    assert [(status(queue, i), queue.get(i).attempt) for i in queued] == [("pending", 0)] * 2
+    assert lines(log) == ["a1", "a2"]
