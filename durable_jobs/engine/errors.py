@@ -7,6 +7,7 @@ Everything the library raises derives from :class:`DurableJobsError` (apart from
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,6 +145,16 @@ class RetryAfter(Exception):
     """Raised by a handler: retry in exactly ``delay`` seconds (still uses an attempt)."""
 
     def __init__(self, delay: float, message: str = "") -> None:
+        seconds = delay.total_seconds() if hasattr(delay, "total_seconds") else delay
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise InvalidOptionTypeError(
+                f"RetryAfter delay must be seconds or a timedelta, got {type(delay).__name__}")
+        try:
+            value = float(seconds)
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value):
+            raise InvalidOptionError(f"RetryAfter delay must be a finite number, got {seconds}")
         super().__init__(message or f"retry after {delay} s")
-        self.delay = float(delay.total_seconds() if hasattr(delay, "total_seconds") else delay)
+        self.delay = value
         self.message = message

@@ -27,6 +27,15 @@ MAX_PAYLOAD = 1024 * 1024  # bytes, for args and for results
 DEFAULT_RETRIES = 3
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_BACKOFF = 3600.0
+MAX_EPOCH = 253402300799.0  # 9999-12-31 23:59:59 UTC: the last second a datetime holds
+INT_LIMIT = 2**31  # priorities and attempt counts are 32-bit integers in the database
+
+
+def check_when(when: float, what: str) -> float:
+    """``when`` (epoch seconds) if a job's times can hold it."""
+    if when > MAX_EPOCH:
+        raise InvalidOptionError(f"{what} puts the job after the year 9999")
+    return when
 
 
 def check_name(value: object, what: str = "job name") -> str:
@@ -161,14 +170,22 @@ def validate_options(
 ) -> None:
     """Raise a clear error for an option of the wrong type or range."""
     if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int)
-                                or retries < 0):
-        raise InvalidOptionError(f"retries must be an int >= 0, got {retries!r}")
+                                or not 0 <= retries < INT_LIMIT - 1):
+        raise InvalidOptionError(
+            f"retries must be an int from 0 to {INT_LIMIT - 2}, got {retries!r}")
     if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
         raise InvalidOptionTypeError(f"priority must be an int, got {priority!r}")
-    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
-        raise InvalidOptionError(f"timeout must be seconds > 0, got {timeout!r}")
-    if max_backoff is not None and (not isinstance(max_backoff, int | float) or max_backoff < 0):
-        raise InvalidOptionError(f"max_backoff must be seconds >= 0, got {max_backoff!r}")
+    if priority is not None and not -INT_LIMIT <= priority < INT_LIMIT:
+        raise InvalidOptionError(
+            f"priority must be from {-INT_LIMIT} to {INT_LIMIT - 1}, got {priority!r}")
+    if timeout is not None and (not isinstance(timeout, int | float) or not timeout > 0
+                                or not math.isfinite(timeout)):
+        raise InvalidOptionError(f"timeout must be a finite number of seconds > 0, "
+                                 f"got {timeout!r}")
+    if max_backoff is not None and (not isinstance(max_backoff, int | float)
+                                    or not max_backoff >= 0 or not math.isfinite(max_backoff)):
+        raise InvalidOptionError(f"max_backoff must be a finite number of seconds >= 0, "
+                                 f"got {max_backoff!r}")
     if queue is not None:
         check_name(queue, "queue name")
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from durable_jobs.engine.errors import JobError
+from durable_jobs.engine.options import MAX_EPOCH
 from durable_jobs.engine.retry import backoff
 
 
@@ -76,5 +77,8 @@ def decide(
     if outcome.no_retry or job.attempt >= job.max_attempts:
         return Fail(outcome.error)
     if outcome.retry_after is not None:
-        return Retry(now + max(outcome.retry_after, 0.0), outcome.error)
-    return Retry(now + backoff(job.attempt, job.max_backoff, rand), outcome.error)
+        # (RetryAfter refuses NaN and infinity; a delay past the year 9999 waits until then)
+        delay = outcome.retry_after if outcome.retry_after > 0 else 0.0
+        return Retry(min(now + delay, MAX_EPOCH), outcome.error)
+    return Retry(min(now + backoff(job.attempt, job.max_backoff, rand), MAX_EPOCH),
+                 outcome.error)

@@ -31,6 +31,7 @@ from durable_jobs.engine.options import (
     NO_OPTIONS,
     HandlerOptions,
     check_name,
+    check_when,
     decode_json,
     to_epoch,
     to_seconds,
@@ -192,7 +193,8 @@ class Queue:
                 connection: Connection | None = None) -> str:
         """Add one job; returns its id. See API.md §3."""
         now = time.time()
-        when = to_epoch(run_at) if run_at is not None else now + (to_seconds(delay, "delay") or 0)
+        when = check_when(to_epoch(run_at) if run_at is not None
+                          else now + (to_seconds(delay, "delay") or 0), "delay")
         if retries is None and timeout is None and queue is None and priority is None \
                 and max_backoff is None:
             call = NO_OPTIONS

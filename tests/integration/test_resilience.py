@@ -94,3 +94,29 @@ def test_lost_listen_connection_is_reopened(pg_server: Any) -> None:
             assert time.monotonic() - start < 15
     finally:
         store.dispose()
+
+
+def retry_far(args: str) -> str:
+    if jobs.current_job().attempt == 1:
+        raise jobs.RetryAfter({"nan": float("nan"), "far": 1e12}[args])
+    return "second run"
+
+
+@pytest.mark.timeout(60)
+def test_a_retry_delay_no_clock_holds_neither_breaks_the_job_nor_stalls_the_worker(
+        queue: jobs.Queue) -> None:
+    """RetryAfter(nan) used to fail every flush on SQLite (NOT NULL run_at) and stall the
+    worker; RetryAfter(1e12) left a job whose run_at no datetime could hold (get() raised)."""
+    queue.register("retry_far", retry_far)
+    queue.register("quick", lambda args: "quick")
+    nan_id, far_id = queue.enqueue("retry_far", "nan"), queue.enqueue("retry_far", "far")
+    with queue.worker({"default": 1}, poll_interval=0.1):
+        wait_until(lambda: queue.get(far_id).status is jobs.Status.PENDING
+                   and queue.get(far_id).attempt == 1, timeout=15)
+        # The NaN delay is the handler's error: retried with the ordinary backoff (~1 s).
+        assert queue.result(nan_id, timeout=15) == "second run"
+        assert queue.result(queue.enqueue("quick"), timeout=15) == "quick"
+    far = queue.get(far_id)
+    assert far.run_at.year == 9999 and far.error is not None
+    nan = queue.get(nan_id)
+    assert nan.attempt == 2 and nan.status is jobs.Status.COMPLETED

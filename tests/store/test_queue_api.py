@@ -653,3 +653,11 @@ def test_non_ascii_args_round_trip(store: jobs.Store, queue: jobs.Queue) -> None
     for one in (job_id, *queue.enqueue_many([jobs.Sub("a", args)])):
         assert queue.get(one).args == args
     assert row(store, job_id).args.isascii()
+
+
+def test_the_widest_priorities_and_retries_fit_both_databases(queue: jobs.Queue) -> None:
+    top = queue.enqueue("a", priority=2**31 - 1, retries=2**31 - 2)
+    bottom = queue.enqueue("a", priority=-2**31, delay=timedelta(days=365 * 7000))
+    assert (queue.get(top).priority, queue.get(top).max_attempts) == (2**31 - 1, 2**31 - 1)
+    assert queue.get(bottom).priority == -2**31
+    assert queue.get(bottom).run_at.year > 8000

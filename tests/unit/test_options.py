@@ -204,6 +204,16 @@ def test_handler_options_are_validated(kwargs: dict[str, object], error: type) -
     (lambda q: q.worker({"default": 0}), jobs.InvalidOptionError, "concurrency"),
     (lambda q: q.result("x", timeout="1"), jobs.InvalidOptionTypeError, "timeout"),
     (lambda q: q.result("x", timeout=-1), jobs.InvalidOptionError, "timeout"),
+    # out of what the database and a datetime hold (used to be driver or Python errors)
+    (lambda q: q.enqueue("a", priority=2**31), jobs.InvalidOptionError, "priority"),
+    (lambda q: q.enqueue("a", priority=-2**31 - 1), jobs.InvalidOptionError, "priority"),
+    (lambda q: q.enqueue("a", priority=2**63), jobs.InvalidOptionError, "priority"),
+    (lambda q: q.enqueue("a", retries=2**31 - 1), jobs.InvalidOptionError, "retries"),
+    (lambda q: q.enqueue_many([jobs.Sub("a", priority=2**40)]), jobs.InvalidOptionError,
+     "priority"),
+    (lambda q: q.enqueue("a", delay=1e12), jobs.InvalidOptionError, "year 9999"),
+    (lambda q: q.enqueue("a", max_backoff=float("nan")), jobs.InvalidOptionError,
+     "max_backoff"),
 ])
 def test_bad_options_raise_the_library_errors(tmp_path, call, error: type, words: str) -> None:  # noqa: ANN001
     """Each is a DurableJobsError (API.md §5) and still the ValueError or TypeError that

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
 
-from durable_jobs.engine.errors import JobError
-from durable_jobs.engine.options import DEFAULT_MAX_BACKOFF, DEFAULT_RETRIES
+from durable_jobs.engine.errors import (
+    InvalidOptionError,
+    InvalidOptionTypeError,
+    JobError,
+    RetryAfter,
+)
+from durable_jobs.engine.options import DEFAULT_MAX_BACKOFF, DEFAULT_RETRIES, MAX_EPOCH
 from durable_jobs.engine.outcomes import (
     Attempted,
     Complete,
@@ -140,3 +146,34 @@ def test_decide_is_pure() -> None:
     assert a == b
     with pytest.raises(AttributeError):
         job(2).attempt = 3  # type: ignore[misc]
+
+
+# -- times a job can hold ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("outcome", [Failed(ERR, retry_after=1e12), Failed(ERR, retry_after=1e300)])
+def test_a_retry_past_the_year_9999_waits_until_then(outcome: Failed) -> None:
+    """A datetime holds nothing later: the job stays readable (it used to raise on get())."""
+    assert decide(job(1), outcome, NOW) == Retry(MAX_EPOCH, ERR)
+
+
+def test_backoff_with_a_huge_cap_stays_within_the_year_9999() -> None:
+    transition = decide(job(5000, retries=10_000, max_backoff=1e300), Failed(ERR), NOW, HIGH)
+    assert isinstance(transition, Retry) and transition.run_at == MAX_EPOCH
+
+
+@pytest.mark.parametrize(("delay", "error"), [
+    (math.nan, InvalidOptionError), (math.inf, InvalidOptionError),
+    (-math.inf, InvalidOptionError), (10**400, InvalidOptionError),
+    ("300", InvalidOptionTypeError), (None, InvalidOptionTypeError),
+])
+def test_retry_after_refuses_a_delay_no_clock_can_hold(delay: object, error: type) -> None:
+    with pytest.raises(error, match="RetryAfter delay"):
+        RetryAfter(delay)  # type: ignore[arg-type]
+
+
+def test_retry_after_takes_seconds_or_a_timedelta() -> None:
+    from datetime import timedelta
+
+    assert RetryAfter(2).delay == 2.0 and RetryAfter(timedelta(minutes=1)).delay == 60.0
+    assert RetryAfter(-5).delay == -5.0  # a negative delay means now
