@@ -13,6 +13,7 @@ gap fires at the shifted instant (``fold=0``); a repeated one fires once, at its
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -194,6 +195,11 @@ class Cron(_Spec):
         if not (len(fields) == 5 or alias) or not croniter.is_valid(self.expr):
             raise InvalidOptionError(f"invalid cron expression {self.expr!r}")
         _zone(self.tz)
+        try:  # "0 0 31 2 *" is valid but has no date: the scheduler must never meet it
+            self.next_fire_after(time.time())
+        except ValueError as exc:  # croniter's CroniterBadDateError
+            raise InvalidOptionError(
+                f"cron expression {self.expr!r} never fires: {exc}") from None
 
     def _iter(self, t: float) -> croniter:
         from croniter import croniter

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from durable_jobs.engine.errors import InvalidOptionError
 from durable_jobs.engine.schedules import (
     Cron,
     Daily,
@@ -263,3 +264,15 @@ def test_json_shape_of_every() -> None:
 def test_spec_from_json_rejects_malformed(d: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         spec_from_json(d)
+
+
+@pytest.mark.parametrize("expr", ["0 0 31 2 *", "0 0 30 2 *", "0 12 31 4,6,9,11 *"])
+def test_a_cron_expression_without_a_date_is_refused_at_once(expr: str) -> None:
+    """Valid syntax, no date: it used to pass here and crash the supervisor at start."""
+    with pytest.raises(InvalidOptionError, match="never fires"):
+        Cron(expr)
+
+
+def test_a_cron_expression_for_leap_days_is_kept() -> None:
+    leap = Cron("0 0 29 2 *")
+    assert datetime.fromtimestamp(leap.next_fire_after(0), UTC).date() == date(1972, 2, 29)
