@@ -4,7 +4,8 @@ One job at a time on the main thread. A heartbeat thread with its own socket bea
 ``heartbeat_interval`` (so a busy pure-Python handler still beats) and watches the
 supervisor: if the parent process changes (checked every beat) or the supervisor is silent
 for longer than its lease timeout, the actor exits at once, killing its job, so an orphan
-never runs a job without a lease owner.
+never runs a job without a lease owner. On Linux the kernel also kills the actor when its
+supervisor dies (``PR_SET_PDEATHSIG``), for a handler that never lets that thread run.
 
 Sockets: the main thread receives on ``<id>``; after boot everything the actor says goes out
 in order on ``<id>.out`` (the :class:`Outbox`); heartbeats use ``<id>.hb``. While more leases
@@ -16,6 +17,7 @@ after a slow one, so a finished job is never reported late because the next one 
 from __future__ import annotations
 
 import collections
+import ctypes
 import gc
 import os
 import signal
@@ -38,6 +40,7 @@ from durable_jobs.engine.registry import Registry
 
 INIT_TIMEOUT_MS = 60_000
 ORPHAN_EXIT = 70
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 HOLD_MAX = 0.002  # seconds an outcome may wait to go out with the next ones
 MAX_HELD = 64  # outcomes per message
 CHECK_EVERY = 0.001  # seconds between looks at the socket while leases are queued
@@ -311,9 +314,23 @@ def serve(channel: Channel, registry: Registry) -> None:
     JobLoop(channel, registry).run()
 
 
+def die_with_supervisor(supervisor_pid: int) -> None:
+    """On Linux, have the kernel SIGKILL this actor when the supervisor's thread that
+    started it ends. The watchdog's parent check needs the GIL, and a handler stuck in C
+    code holding it (a runaway regex) would otherwise outlive a killed supervisor."""
+    if sys.platform == "linux":
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no libc to call through: the watchdog remains
+            pass
+    if os.getppid() != supervisor_pid:  # it was gone before we asked
+        os._exit(ORPHAN_EXIT)
+
+
 def main(args: ActorArgs) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor owns shutdown
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    die_with_supervisor(args.supervisor_pid)
     slices.request(slices.DEFAULT)  # not the supervisor's short slice (durable_jobs.slices)
     context = zmq.Context()
     channel = Channel(context, args)

@@ -117,6 +117,24 @@ def test_actor_of_a_killed_supervisor_exits_and_its_job_is_reclaimed(
     assert second.wait_exit(15) == 0
 
 
+@pytest.mark.timeout(60)
+def test_an_actor_stuck_in_c_code_dies_with_its_killed_supervisor(
+        queue: jobs.Queue, db_url: str, tmp_path: Path, processes: Any) -> None:
+    """Its watchdog thread never gets the GIL to see the supervisor gone; the kernel kills
+    it (Linux). Heartbeats are slow here, so the live supervisor does not kill it first."""
+    config = write_config(tmp_path / "jobs.toml", db_url,
+                          supervisor={**FAST, "heartbeat_interval": 10, "lease_timeout": 30})
+    runs = tmp_path / "runs.log"
+    queue.enqueue("hold-gil", {"path": str(runs)})
+    daemon = Daemon(processes, config, "daemon")
+    wait_until(lambda: lines(runs), timeout=20, message="the job to start")
+    stuck = int(lines(runs)[0])
+    assert pid_alive(stuck)
+    daemon.kill9()
+    wait_until(lambda: not pid_alive(stuck), timeout=3,
+               message=f"actor {stuck}, stuck holding the GIL, to die with its supervisor")
+
+
 # -- 10. kill -9 of a supervisor: a second one completes every job ------------------------------
 
 

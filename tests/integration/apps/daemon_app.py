@@ -60,3 +60,13 @@ def record(args: dict) -> Any:
         time.sleep(args["seconds"])
     append(args["path"], f"{job_id} {os.getppid()}")
     return job_id
+
+
+@queue.job("hold-gil")
+def hold_gil(args: dict) -> bool:
+    """Records "<pid>", then backtracks in the regex engine's C code, holding the GIL, for
+    longer than any test runs."""
+    import re
+
+    append(args["path"], str(os.getpid()))
+    return re.match(r"(a+)+$", "a" * 64 + "b") is not None
