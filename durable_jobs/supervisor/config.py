@@ -8,6 +8,7 @@ actionable line and exit with status 2. Unknown keys are errors: a typo such as
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -166,7 +167,7 @@ def _parse_queues(data: Mapping[str, Any]) -> tuple[QueueConfig, ...]:
 
 def _parse_queue(name: str, value: Any) -> QueueConfig:
     """One ``[queues.<name>]`` table."""
-    prefix = f"queues.{name}"
+    prefix = f"queues.{_shown(name)}"
     if not isinstance(name, str) or not _QUEUE_NAME_RE.fullmatch(name):
         raise ConfigError(prefix, "invalid queue name")
     table = _table(value, prefix)
@@ -183,7 +184,15 @@ def _reject_unknown(table: Mapping[str, Any], allowed: Collection[str], prefix: 
     """Raise on the first key of ``table`` that is not in ``allowed``."""
     for name in table:
         if name not in allowed:
-            raise ConfigError(f"{prefix}.{name}" if prefix else str(name), "unknown key")
+            raise ConfigError(f"{prefix}.{_shown(name)}" if prefix else _shown(name),
+                              "unknown key")
+
+
+def _shown(key: Any) -> str:
+    """A key as the error names it: quoted with escapes (TOML's way) if it holds a
+    character that would not show, such as a newline."""
+    key = str(key)
+    return key if key.isprintable() else json.dumps(key)
 
 
 def _float_key(

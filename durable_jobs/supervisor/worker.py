@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from durable_jobs.engine.errors import DurableJobsError, InvalidOptionError
+from durable_jobs.engine.errors import DurableJobsError, InvalidOptionError, InvalidOptionTypeError
 from durable_jobs.engine.job import PauseMode, pause_mode
+from durable_jobs.engine.job import pause_mode as pause_mode_of  # (a parameter's name below)
 from durable_jobs.engine.options import check_name, to_seconds
 from durable_jobs.supervisor.control import Phase
 from durable_jobs.supervisor.pool import QueueSettings
@@ -26,6 +28,9 @@ class Worker:
                  prefetch: int = 0, pause_mode: str = "graceful",
                  max_jobs_per_actor: int | None = None, max_memory_mb: int | None = None,
                  retention: float | timedelta | None = None, store: Any = None) -> None:
+        if not isinstance(queues, Mapping):
+            raise InvalidOptionTypeError(
+                f"queues must be a dict of queue name -> concurrency, got {type(queues).__name__}")
         settings = {}
         for name, concurrency in queues.items():
             check_name(name, "queue name")
@@ -34,11 +39,15 @@ class Worker:
                 raise InvalidOptionError(f"concurrency of queue {name!r} must be an int "
                                          f">= 1, got {concurrency!r}")
             settings[name] = QueueSettings(concurrency, max_jobs_per_actor, max_memory_mb)
+        _count(max_jobs_per_actor, "max_jobs_per_actor", 1)
+        _count(max_memory_mb, "max_memory_mb", 1)
         options = SupervisorOptions(
-            queues=settings, poll_interval=poll_interval, heartbeat_interval=heartbeat_interval,
-            lease_timeout=lease_timeout, scheduler=scheduler, pause_mode=pause_mode,
-            shutdown_timeout=shutdown_timeout, prefetch=prefetch,
-            retention=_retention(retention))
+            queues=settings, poll_interval=_interval(poll_interval, "poll_interval"),
+            heartbeat_interval=_interval(heartbeat_interval, "heartbeat_interval"),
+            lease_timeout=_interval(lease_timeout, "lease_timeout"), scheduler=bool(scheduler),
+            pause_mode=pause_mode_of(pause_mode).value,
+            shutdown_timeout=_seconds(shutdown_timeout, "shutdown_timeout"),
+            prefetch=_count(prefetch, "prefetch", 0) or 0, retention=_retention(retention))
         self.supervisor = Supervisor(queue, options, store)
         self._thread: threading.Thread | None = None
 
@@ -103,3 +112,28 @@ def _retention(value: float | timedelta | None) -> float | None:
     if seconds == 0:
         raise InvalidOptionError("retention must be > 0 seconds (or None: keep jobs)")
     return seconds
+
+
+def _seconds(value: float | timedelta, what: str) -> float:
+    """A finite number of seconds >= 0 (or a timedelta)."""
+    seconds = to_seconds(value, what)
+    if seconds is None:
+        raise InvalidOptionTypeError(f"{what} must be seconds or a timedelta, got None")
+    return seconds
+
+
+def _interval(value: float | timedelta, what: str) -> float:
+    """A finite number of seconds > 0 (or a timedelta)."""
+    seconds = _seconds(value, what)
+    if seconds == 0:
+        raise InvalidOptionError(f"{what} must be > 0 seconds")
+    return seconds
+
+
+def _count(value: int | None, what: str, minimum: int) -> int | None:
+    """None, or an int >= ``minimum``."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise InvalidOptionTypeError(f"{what} must be an int, got {type(value).__name__}")
+    if value is not None and value < minimum:
+        raise InvalidOptionError(f"{what} must be >= {minimum}, got {value}")
+    return value

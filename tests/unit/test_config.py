@@ -188,6 +188,8 @@ INVALID_CASES: list[tuple[dict[str, Any], str, str]] = [
     ({"queues": {"1st": {}}}, "queues.1st", "invalid queue name"),
     ({"queues": {"has space": {}}}, "queues.has space", "invalid queue name"),
     ({"queues": {"": {}}}, "queues.", "invalid queue name"),
+    ({"queues": {"abc\n": {}}}, 'queues."abc\\n"', "invalid queue name"),
+    ({SUP: {"poll\tinterval": 1}}, 'supervisor."poll\\tinterval"', "unknown key"),
     ({"queues": {"q" * 256: {}}}, "queues." + "q" * 256, "invalid queue name"),
     ({"queues": {"default": {"workers": 2}}}, "queues.default.workers", "unknown key"),
     ({"queues": {"critical": {"concurrency": 0}}}, "queues.critical.concurrency", "must be >= 1"),
