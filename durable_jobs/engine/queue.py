@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -215,7 +216,7 @@ class Queue:
             with store.autocommit() as conn:
                 job_rows.insert_one(conn, store.dialect, row, unique)
         if self.bus.active:
-            self.bus.publish(ev.JobEnqueued(row[0], name, row[2]))
+            self._enqueued([ev.JobEnqueued(row[0], name, row[2])], connection)
         return str(row[0])
 
     @_explained
@@ -238,9 +239,17 @@ class Queue:
         with collector_paused(), store.using(connection) as conn:
             job_rows.insert_many(conn, store.dialect, rows())
         if self.bus.active:
-            for row in made:
-                self.bus.publish(ev.JobEnqueued(row[0], row[1], row[2]))
+            self._enqueued([ev.JobEnqueued(row[0], row[1], row[2]) for row in made], connection)
         return [str(row[0]) for row in made]
+
+    def _enqueued(self, events: list[ev.JobEnqueued], connection: Connection | None) -> None:
+        """Publish now, or (in a caller's transaction) once it commits: a job enqueued in
+        a transaction that rolls back never existed."""
+        if connection is None:
+            for event in events:
+                self.bus.publish(event)
+        else:
+            after_commit(connection, [(self.bus, event) for event in events])
 
     # -- reading -------------------------------------------------------------------------
 
@@ -415,6 +424,35 @@ class Queue:
 
         return Worker(self, queues or {"default": 1}, scheduler=scheduler,
                       poll_interval=poll_interval, **options)
+
+
+# What waits for a caller's transaction to commit, by connection (the connection's
+# listeners, added once, publish it on commit and drop it on rollback).
+_AFTER_COMMIT: weakref.WeakKeyDictionary[Connection, list[tuple[Any, ev.JobEnqueued]]] = \
+    weakref.WeakKeyDictionary()
+
+
+def after_commit(connection: Connection, items: list[tuple[Any, ev.JobEnqueued]]) -> None:
+    """Publish each (bus, event) when ``connection``'s transaction commits."""
+    from sqlalchemy import event as sa_event
+
+    pending = _AFTER_COMMIT.get(connection)
+    if pending is None:
+        pending = _AFTER_COMMIT[connection] = []
+        sa_event.listen(connection, "commit", _publish_pending)
+        sa_event.listen(connection, "rollback", _drop_pending)
+    pending.extend(items)
+
+
+def _publish_pending(connection: Connection) -> None:
+    pending = _AFTER_COMMIT.get(connection, [])
+    items, pending[:] = pending[:], []
+    for bus, event in items:
+        bus.publish(event)
+
+
+def _drop_pending(connection: Connection) -> None:
+    _AFTER_COMMIT.get(connection, []).clear()
 
 
 def _first_line(error: BaseException) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 
 import durable_jobs as jobs
@@ -288,6 +288,46 @@ def test_enqueue_in_the_callers_transaction(db_url: str, store: jobs.Store,
         assert [queue.get(i).name for i in ids] == ["a", "b"]
         assert count_jobs(store) == 3
     finally:
+        engine.dispose()
+
+
+def test_jobenqueued_waits_for_the_callers_commit(db_url: str, queue: jobs.Queue) -> None:
+    """A job enqueued in the caller's transaction is announced when it commits, never when
+    it rolls back (it used to be announced at once, commit or not)."""
+    import queue as stdlib_queue
+
+    engine = create_engine(db_url)
+    events = queue.events()
+
+    def announced() -> list[str]:
+        seen = []
+        while True:
+            try:
+                seen.append(events.get(timeout=0.05).job_id)
+            except stdlib_queue.Empty:
+                return seen
+
+    try:
+        with engine.connect() as conn:
+            tx = conn.begin()
+            dropped = [queue.enqueue("a", connection=conn),
+                       *queue.enqueue_many([jobs.Sub("a"), jobs.Sub("b")], connection=conn)]
+            assert announced() == []
+            tx.rollback()
+            assert announced() == []
+            with conn.begin():
+                kept = [queue.enqueue("a", connection=conn),
+                        *queue.enqueue_many([jobs.Sub("c")], connection=conn)]
+                assert announced() == []
+            assert announced() == kept
+            conn.execute(text("SELECT 1"))
+            conn.commit()  # a later transaction of the same connection announces nothing
+            assert announced() == []
+        assert not set(dropped) & set(kept)
+        now = queue.enqueue("a")
+        assert announced() == [now]  # without a connection: at once
+    finally:
+        queue.unsubscribe(events)
         engine.dispose()
 
 
