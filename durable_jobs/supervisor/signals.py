@@ -18,6 +18,16 @@ import threading
 from types import FrameType
 
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+# Signals that came while the daemon was starting, before its supervisor had a table.
+_early: collections.deque[int] = collections.deque()
+
+
+def record_early() -> None:
+    """From the daemon's first moment, record the signals its supervisor will act on, so
+    that one sent while it starts (imports, config, app) is not fatal: the supervisor's
+    table takes them over when it is installed. Main thread only."""
+    for signum in HANDLED:
+        signal.signal(signum, lambda signum, _frame: _early.append(signum))
 
 
 class Wakeup:
@@ -62,6 +72,9 @@ class SignalTable:
         self._previous_fd = signal.set_wakeup_fd(self._wakeup.write_fd, warn_on_full_buffer=False)
         for signum in HANDLED:
             self._previous[signum] = signal.signal(signum, self._record)
+        while _early:
+            self.pending.append(_early.popleft())
+            self._wakeup.nudge()
         return True
 
     def _record(self, signum: int, _frame: FrameType | None) -> None:

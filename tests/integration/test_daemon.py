@@ -1,6 +1,7 @@
-"""``durable-supervisor`` as a separate OS process (``python -m durable_jobs.cli``): crashes of
-the supervisor itself (real ``kill -9``), orphaned actors, lease reclaim by a second
-supervisor, two supervisors on one database, SIGTERM drain, boot failures, bad configs.
+"""``durable-supervisor`` as a separate OS process (``python -m durable_jobs.daemon``, what the
+console script runs): crashes of the supervisor itself (real ``kill -9``), orphaned actors,
+lease reclaim by a second supervisor, two supervisors on one database, SIGTERM drain, boot
+failures, bad configs, signals while it starts.
 
 The daemons load ``tests/integration/apps/*`` (``PYTHONPATH`` is the repository root) and run
 with ``cwd=tmp_path``; every handler records its runs in files under ``tmp_path``.
@@ -58,7 +59,7 @@ class Daemon:
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         with open(self.log, "wb") as out:
             self.proc: subprocess.Popen[bytes] = processes.start(
-                [sys.executable, "-m", "durable_jobs.cli", "--config", str(config), *args],
+                [sys.executable, "-m", "durable_jobs.daemon", "--config", str(config), *args],
                 cwd=config.parent, env=full_env, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL)
         self.pid = self.proc.pid
@@ -133,6 +134,30 @@ def test_an_actor_stuck_in_c_code_dies_with_its_killed_supervisor(
     daemon.kill9()
     wait_until(lambda: not pid_alive(stuck), timeout=3,
                message=f"actor {stuck}, stuck holding the GIL, to die with its supervisor")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("signals", [["SIGTERM"], ["SIGINT"], ["SIGUSR1", "SIGTERM"],
+                                     ["SIGUSR2", "SIGTERM"]])
+def test_a_signal_while_the_daemon_starts_is_acted_on_once_it_runs(
+        db_url: str, tmp_path: Path, processes: Any, signals: list[str]) -> None:
+    """Sent while the app still imports: SIGTERM/SIGINT stop it with status 0, SIGUSR1 pauses
+    it (they used to kill it: status -15, -2, -10)."""
+    config = write_config(tmp_path / "jobs.toml", db_url,
+                          app="tests.integration.apps.slow_app:queue", supervisor=FAST)
+    mark = tmp_path / "importing"
+    daemon = Daemon(processes, config, "daemon",
+                    env={"SLOW_APP_MARK": str(mark), "SLOW_APP_DELAY": "1.5"})
+    wait_until(mark.exists, timeout=20, message="the daemon to import its app")
+    first, *then = (getattr(signal, name) for name in signals)
+    os.kill(daemon.pid, first)
+    if then:
+        wanted = {"SIGUSR1": "paused (graceful)", "SIGUSR2": "started: queues"}[signals[0]]
+        wait_until(lambda: "started: queues" in daemon.output() and wanted in daemon.output(),
+                   timeout=20, message=f"the daemon to start ({wanted})")
+        assert daemon.proc.poll() is None
+        os.kill(daemon.pid, then[0])
+    assert daemon.wait_exit(20) == 0, daemon.output()[-3000:]
 
 
 # -- 10. kill -9 of a supervisor: a second one completes every job ------------------------------
@@ -282,7 +307,7 @@ def test_actors_that_cannot_boot_stop_the_daemon_with_a_clear_error(
 
 def run_cli(processes: Any, config: Path, *args: str,
             cwd: Path | None = None) -> tuple[int, str, str]:
-    proc = processes.start([sys.executable, "-m", "durable_jobs.cli", "--config", str(config),
+    proc = processes.start([sys.executable, "-m", "durable_jobs.daemon", "--config", str(config),
                             *args], cwd=cwd or config.parent,
                            env={**os.environ, "PYTHONPATH": str(ROOT)},
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -312,7 +337,7 @@ def test_bad_configs_exit_2_naming_the_key_and_check_accepts_a_good_one(
     assert "Traceback" not in err
     code, out, err = run_cli(processes, good, "--check")
     assert code == 0, err
-    assert "ok" in out and "3 handlers" in out
+    assert "ok" in out and "4 handlers" in out
 
 
 @pytest.mark.timeout(60)

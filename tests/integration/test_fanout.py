@@ -464,7 +464,7 @@ def test_kill_9_of_the_supervisor_during_a_fan_out(queue: jobs.Queue, db_url: st
 
     def supervisor(n: int) -> Any:
         out = open(tmp_path / f"supervisor{n}.log", "wb")  # noqa: SIM115 - closed by the OS
-        return processes.start([sys.executable, "-m", "durable_jobs.cli", "--config",
+        return processes.start([sys.executable, "-m", "durable_jobs.daemon", "--config",
                                 str(config), "--log-level", "WARNING"],
                                cwd=tmp_path, stdout=out, stderr=out)
 

@@ -70,7 +70,7 @@ def start_daemon(processes: Any, tmp_path: Path, db_url: str, pause_mode: str
         """))
     output = tmp_path / "daemon.log"
     with open(output, "wb") as out:
-        proc = processes.start([sys.executable, "-m", "durable_jobs.cli", "--config", str(toml)],
+        proc = processes.start([sys.executable, "-m", "durable_jobs.daemon", "--config", str(toml)],
                                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
     return proc, output
 
