@@ -30,6 +30,8 @@ _ALL_DAYS = frozenset(range(7))
 
 def _zone(name: str) -> ZoneInfo:
     """Return the zone ``name``, or raise InvalidOptionError naming it."""
+    if not isinstance(name, str):
+        raise InvalidOptionTypeError(f"tz must be a time zone name, got {type(name).__name__}")
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
@@ -37,8 +39,12 @@ def _zone(name: str) -> ZoneInfo:
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> int:
-    """Return ``value`` if it is an int in [low, high], else raise InvalidOptionError."""
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    """Return ``value`` if it is an int in [low, high], else raise InvalidOptionError
+    (InvalidOptionTypeError if it is no int)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidOptionTypeError(f"{name} must be an int in {low}..{high}, "
+                                     f"got {type(value).__name__} {value!r}")
+    if not low <= value <= high:
         raise InvalidOptionError(f"{name} must be an int in {low}..{high}, got {value!r}")
     return value
 
@@ -188,7 +194,10 @@ class Cron(_Spec):
     tz: str = "UTC"
 
     def __post_init__(self) -> None:
-        fields = self.expr.split() if isinstance(self.expr, str) else []
+        if not isinstance(self.expr, str):
+            raise InvalidOptionTypeError(
+                f"cron expression must be a str, got {type(self.expr).__name__}")
+        fields = self.expr.split()
         alias = len(fields) == 1 and fields[0].startswith("@")
         from croniter import croniter
 

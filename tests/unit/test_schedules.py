@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from durable_jobs.engine.errors import InvalidOptionError
+from durable_jobs.engine.errors import InvalidOptionError, InvalidOptionTypeError
 from durable_jobs.engine.schedules import (
     Cron,
     Daily,
@@ -276,3 +276,13 @@ def test_a_cron_expression_without_a_date_is_refused_at_once(expr: str) -> None:
 def test_a_cron_expression_for_leap_days_is_kept() -> None:
     leap = Cron("0 0 29 2 *")
     assert datetime.fromtimestamp(leap.next_fire_after(0), UTC).date() == date(1972, 2, 29)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Daily("9"), lambda: Daily(9.5), lambda: Daily(9, tz=None),  # type: ignore[arg-type]
+    lambda: Weekly(1.5), lambda: Cron(None),  # type: ignore[arg-type]
+])
+def test_a_schedule_argument_of_the_wrong_type_is_a_type_error(make: Any) -> None:
+    """An InvalidOptionTypeError (also a TypeError), as Every("x") already was."""
+    with pytest.raises(InvalidOptionTypeError):
+        make()
