@@ -74,7 +74,7 @@ class Hooks:
             self._call("fail", snapshot, write.error)
             self.bus.publish(ev.JobFailed(job.job_id, job.name, job.queue, error=write.error))
         elif isinstance(write, Retry):
-            snapshot = snapshot_of(job, Status.PENDING, error=write.error)
+            snapshot = snapshot_of(job, Status.PENDING, error=write.error, run_at=write.run_at)
             next_run = to_datetime(write.run_at)
             self._call("retry", snapshot, write.error, next_run)
             self.bus.publish(ev.JobRetrying(job.job_id, job.name, job.queue, error=write.error,
@@ -87,8 +87,9 @@ class Hooks:
         self.bus.publish(ev.JobReclaimed(row.id, row.name, row.queue))
         job = job_from_row(row)
         if isinstance(write, Retry):
-            job = dataclasses.replace(job, status=Status.PENDING, error=write.error)
             next_run = to_datetime(write.run_at)
+            job = dataclasses.replace(job, status=Status.PENDING, error=write.error,
+                                      run_at=next_run)
             self._call("retry", job, write.error, next_run)
             self.bus.publish(ev.JobRetrying(job.id, job.name, job.queue, error=write.error,
                                             next_run_at=next_run))
@@ -105,10 +106,14 @@ class Hooks:
 
 
 def snapshot_of(job: Running, status: Status, result: Any = None,
-                error: JobError | None = None, finished_at: float | None = None) -> Job:
-    """A Job snapshot from what the claim returned, with the state the write gives it."""
+                error: JobError | None = None, finished_at: float | None = None,
+                run_at: float | None = None) -> Job:
+    """A Job snapshot from what the claim returned, with the state the write gives it
+    (a retry's new ``run_at`` too). The claim does not read ``error``: a start's snapshot
+    has none, even on a retry."""
     row = job.row
     return Job(job.job_id, job.name, job.queue, status, json.loads(job.args), result, error,
-               job.attempt, job.max_attempts, row.priority, to_datetime(row.run_at),
+               job.attempt, job.max_attempts, row.priority,
+               to_datetime(row.run_at if run_at is None else run_at),
                to_datetime(row.created_at), to_datetime(row.started_at),
                to_datetime(finished_at), row.parent_id)

@@ -187,7 +187,7 @@ def test_hooks_and_events_in_the_supervisor_process(queue: jobs.Queue, tmp_path:
 
     @queue.on_retry
     def on_retry(job: jobs.Job, error: jobs.JobError, next_run_at: Any) -> None:
-        record("retry", job, (error, next_run_at))
+        record("retry", job, (error, next_run_at, (job.status, job.run_at, job.error)))
 
     @queue.on_job_complete
     def broken_hook(job: jobs.Job) -> None:
@@ -222,7 +222,9 @@ def test_hooks_and_events_in_the_supervisor_process(queue: jobs.Queue, tmp_path:
     assert fail_error.type == "NoRetry" and "order 7" in fail_error.message
     retries = [c[3] for c in calls if c[0] == "retry" and c[2] == retried]
     assert len(retries) == 2
-    assert all(err.type == "ValueError" and when.tzinfo is not None for err, when in retries)
+    assert all(err.type == "ValueError" and when.tzinfo is not None for err, when, _ in retries)
+    # the snapshot is the job as the retry leaves it
+    assert all(job == ("pending", when, err) for err, when, job in retries)
     assert sum(1 for c in calls if c[0] == "start" and c[2] == retried) == 3
 
 
