@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from durable_jobs.engine.errors import DurableJobsError
+from durable_jobs.engine.errors import DurableJobsError, StoreUnavailableError
 from durable_jobs.engine.job import PauseMode
 from durable_jobs.engine.queue import Queue
 from durable_jobs.engine.registry import import_path
@@ -100,6 +100,8 @@ def _run_supervisor(prog: str, queue: Queue, options: Any, store: Store) -> int:
 
     try:
         Supervisor(queue, options, store).run(install_signals=True)
+    except StoreUnavailableError as exc:  # a runtime failure (the server may come back)
+        return _fail(prog, f"database.url: {exc}", EXIT_FAILURE)
     except (DurableJobsError, BootError) as exc:
         return _fail(prog, str(exc), EXIT_FAILURE)
     except KeyboardInterrupt:

@@ -116,6 +116,7 @@ class Supervisor(Inbox, Control):
         self.drain_deadline = 0.0
         self.started = threading.Event()
         self.error: BaseException | None = None
+        self.registered = False  # our supervisors row exists
         # Zero prefetch: an actor holds one lease, the one it runs. Otherwise a few more are
         # queued in the actor so quick jobs need no round trip each.
         self.depth = 1 if options.prefetch <= 0 else min(MAX_DEPTH, 1 + options.prefetch)
@@ -154,6 +155,7 @@ class Supervisor(Inbox, Control):
             supervisor_rows.register(conn, self.store.dialect, self.id, socket.gethostname(),
                                      os.getpid(), {q: s.concurrency for q, s in
                                                    self.options.queues.items()})
+        self.registered = True
         self.duties.start(time.monotonic(), time.time())
         if install_signals:
             # The process is ours (durable-supervisor, worker.run()): what exists now
@@ -218,6 +220,8 @@ class Supervisor(Inbox, Control):
             self.router.close(0)
             self.context.term()
             shutil.rmtree(self.run_dir, ignore_errors=True)
+        if not self.registered:
+            return  # it stopped before registering: no row to remove
         try:
             with self.store.write() as conn:
                 supervisor_rows.remove(conn, self.id)

@@ -364,3 +364,17 @@ def test_the_app_is_found_beside_the_config_and_a_bad_log_level_exits_2(
     finally:
         del os.environ["DURABLE_LOG_LEVEL"]
     assert code == 2 and "DURABLE_LOG_LEVEL" in err and "Traceback" not in err, err
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("url", ["postgresql+psycopg://root@127.0.0.1:1/none",
+                                 "sqlite:////nonexistent-dir/jobs.db"])
+def test_a_database_it_cannot_reach_is_one_line_naming_the_key(
+        tmp_path: Path, processes: Any, url: str) -> None:
+    """Status 1 (a runtime failure: the server may come back), one line naming
+    database.url, and no warning about a supervisor row it never wrote."""
+    daemon = Daemon(processes, write_config(tmp_path / "jobs.toml", url), "daemon")
+    assert daemon.wait_exit(30) == 1
+    output = daemon.output()
+    assert "durable-supervisor: error: database.url: cannot connect to" in output
+    assert "Traceback" not in output and "supervisor row" not in output
