@@ -4,10 +4,11 @@ Use as ``import durable_jobs as jobs``. This module is the facade: every public 
 API contract (shared/API.md) is re-exported here.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from importlib import import_module as _import_module
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
-if TYPE_CHECKING:
+if _TYPE_CHECKING:
     from durable_jobs.engine.durable import (
         JobContext,
         call,
@@ -151,17 +152,19 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'durable_jobs' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
+    value = getattr(_import_module(module), name)
     globals()[name] = value  # later lookups skip this function
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    """The public names and the module's own dunders, not its helpers."""
+    return sorted({n for n in globals() if not n.startswith("_") or n.endswith("__")}
+                  | set(_LAZY))
 
 
 __version__ = "0.1.0"

@@ -403,3 +403,14 @@ def test_a_bad_job_name_is_reported_before_bad_options() -> None:
 
     with pytest.raises(jobs.InvalidNameError):
         list(iter_rows(Registry(), [jobs.Sub("bad name", timeout=-1)], 0.0))
+
+
+def test_the_facade_shows_exactly_its_public_names() -> None:
+    """Every name of __all__ resolves, and dir() shows no helper (it showed Any,
+    TYPE_CHECKING and import_module); subpackages once imported are there too."""
+    import types
+
+    public = {name for name in dir(jobs) if not name.startswith("_")
+              and not isinstance(getattr(jobs, name), types.ModuleType)}
+    assert public == set(jobs.__all__)
+    assert all(getattr(jobs, name) is not None for name in jobs.__all__)
