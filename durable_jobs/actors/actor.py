@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ from durable_jobs import slices
 from durable_jobs.actors import execution
 from durable_jobs.actors.execution import execute
 from durable_jobs.engine.durable import LeaseLost
+from durable_jobs.engine.errors import ProtocolError
 from durable_jobs.engine.registry import Registry
 
 INIT_TIMEOUT_MS = 60_000
@@ -139,6 +141,7 @@ class Channel:
         self.outbox = Outbox(context, args)
         self.job_id: str | None = None
         self.inbox: collections.deque[Any] = collections.deque()  # kept while awaiting an ack
+        self.revoke: Callable[[str], None] | None = None  # the job loop's, for the watchdog
 
     def send(self, message: Any) -> None:
         self.outbox.send(message)
@@ -211,13 +214,24 @@ class Watchdog(threading.Thread):
                     remaining = min(remaining, max(0.0, due - time.monotonic()))
                 for target, _ in poller.poll(int(remaining * 1000) + 1):
                     if target is self.socket:
-                        self.socket.recv()
+                        data = self.socket.recv()
                         last_heard = time.monotonic()
+                        message = _decoded(data)
+                        if isinstance(message, p.Revoke) and self.channel.revoke is not None:
+                            self.channel.revoke(message.job_id)  # now, not after the job
                     else:
                         _drain(outbox.wake_read)
                 outbox.flush_if_free(older_than=HOLD_MAX)
             if time.monotonic() - last_heard > self.silence_timeout:
                 os._exit(ORPHAN_EXIT)
+
+
+def _decoded(data: bytes) -> Any:
+    """The message, or None for bytes that are none (the watchdog must go on beating)."""
+    try:
+        return p.decode(data)
+    except ProtocolError:
+        return None
 
 
 def _drain(fd: int) -> None:
@@ -259,8 +273,12 @@ class JobLoop:
         self.channel = channel
         self.registry = registry
         self.leases: collections.deque[p.Lease] = collections.deque()
+        # The watchdog thread revokes queued leases while a job runs: it and this thread
+        # take the lock to change ``leases`` (a deque must not change while it is searched).
+        self.lock = threading.Lock()
         self.stopping = False
         self.checked = 0.0
+        channel.revoke = self.revoke
 
     def run(self) -> None:
         while not (self.stopping and not self.leases):
@@ -271,8 +289,10 @@ class JobLoop:
                 # looking costs more than a quick job.
                 self.checked = now
                 self.receive(block=False)
-            if self.leases:
-                self.run_one(self.leases.popleft())
+            with self.lock:
+                lease = self.leases.popleft() if self.leases else None
+            if lease is not None:
+                self.run_one(lease)
 
     def receive(self, block: bool) -> None:
         if block:
@@ -280,20 +300,25 @@ class JobLoop:
         while (message := self.channel.next_message(block)) is not None:
             block = False
             if isinstance(message, p.Lease):
-                self.leases.append(message)
+                with self.lock:
+                    self.leases.append(message)
             elif isinstance(message, p.Leases):
-                self.leases.extend(message.leases)
+                with self.lock:
+                    self.leases.extend(message.leases)
             elif isinstance(message, p.Revoke):
                 self.revoke(message.job_id)
             elif isinstance(message, p.Stop):
                 self.stopping = True
 
     def revoke(self, job_id: str) -> None:
-        for lease in self.leases:
-            if lease.job_id == job_id:
-                self.leases.remove(lease)
-                self.channel.send(p.Revoked(job_id))
+        """Hand a queued lease back (``Revoked``) unless it started or went already: the
+        supervisor asks on both sockets, and only the first look finds it."""
+        with self.lock:
+            found = next((lease for lease in self.leases if lease.job_id == job_id), None)
+            if found is None:
                 return
+            self.leases.remove(found)
+        self.channel.send(p.Revoked(job_id))
 
     def run_one(self, lease: p.Lease) -> None:
         self.channel.job_id = lease.job_id

@@ -102,7 +102,16 @@ class Control:
             for job in list(actor.jobs)[1:]:
                 if not job.revoking:
                     job.revoking = True
-                    self.send(actor.id, p.Revoke(job.job_id))
+                    self.revoke(actor, job)
+
+    def revoke(self, actor: Actor, job: Running) -> None:
+        """Ask the actor to hand a queued lease back: on its heartbeat socket, whose thread
+        answers at once even while a job runs, and on its main one, read between jobs (and
+        by actors of earlier versions); it answers ``Revoked`` once, if it had not started
+        the job."""
+        revoke = p.Revoke(job.job_id)
+        self.send(f"{actor.id}.hb", revoke)
+        self.send(actor.id, revoke)
 
     def on_revoked(self, actor: Actor, job_id: str) -> None:
         for job in actor.jobs:
@@ -135,7 +144,7 @@ class Control:
                 continue
             for job in [j for j in actor.jobs if id(j) in gone]:
                 actor.jobs.remove(job)
-                self.send(actor.id, p.Revoke(job.job_id))
+                self.revoke(actor, job)
 
     def begin_drain(self, timeout: float) -> None:
         if self.phase is not Phase.RUNNING:

@@ -116,9 +116,9 @@ def test_cancel_of_a_lease_queued_in_an_actor_revokes_it(queue: jobs.Queue,
 def test_pause_and_stop_give_queued_leases_back_at_once(queue: jobs.Queue,
                                                         tmp_path: Path) -> None:
     """A graceful worker pause or a stop takes back the leases queued behind a running job
-    (pending again, no attempt used; the actor hands them back when its job ends) and waits
-    only for the running one. (Both used to leave them running: a stop waited its whole
-    timeout, a pause stranded them.)"""
+    at once (pending again, no attempt used: the actor's heartbeat thread hands them back
+    while the job runs) and waits only for the running one. (Both used to leave them
+    running: a stop waited its whole timeout, a pause stranded them.)"""
     import threading
 
     queue.register("gated", gated)
@@ -142,11 +142,12 @@ def test_pause_and_stop_give_queued_leases_back_at_once(queue: jobs.Queue,
         slow, *queued = ids = batch(tmp_path / "gate", "a")
         wait_until(lambda: on_the_actor(ids), timeout=10, message="all leases on the actor")
         worker.pause(jobs.PauseMode.GRACEFUL)
-        (tmp_path / "gate").touch()
-        assert queue.result(slow, timeout=15) == "opened"
         wait_until(lambda: [status(queue, i) for i in queued] == ["pending"] * 2, timeout=10,
                    message="the queued leases to be given back")
         assert [queue.get(i).attempt for i in queued] == [0, 0]
+        assert status(queue, slow) == "running"  # still gated: given back while it runs
+        (tmp_path / "gate").touch()
+        assert queue.result(slow, timeout=15) == "opened"
         assert sup.paused is jobs.PauseMode.GRACEFUL and lines(log) == []
         worker.resume()
         for job_id in queued:
