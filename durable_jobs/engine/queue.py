@@ -55,8 +55,7 @@ else:
     job_rows = LazyModule("durable_jobs.store.jobs")
     retention = LazyModule("durable_jobs.store.retention")
 
-PRUNE_BATCH = 500  # top-level jobs looked at per pruning transaction
-PRUNE_BUSY_TURNS = 600  # 30 s of another supervisor pruning, or of rows locked elsewhere
+PRUNE_BUSY_TURNS = 600  # 30 s of another process pruning
 F = TypeVar("F", bound=Callable[..., Any])
 M = TypeVar("M", bound=Callable[..., Any])
 
@@ -333,27 +332,27 @@ class Queue:
 
         self._write(retry)
 
+    @_explained
     def prune(self, older_than: float | timedelta) -> int:
         """Delete the jobs that finished (completed, failed or cancelled) more than
-        ``older_than`` seconds (or a timedelta) ago, with their steps and sub-jobs; a job
-        with sub-jobs goes only once all of them finished that long ago too. Returns how
-        many jobs were deleted (sub-jobs included). Deleted jobs are unknown from then on:
+        ``older_than`` seconds (or a timedelta) ago by the database clock, with their steps
+        and sub-jobs; a job with sub-jobs goes only once all of them finished that long ago
+        too, and one that another transaction holds at that moment stays. Returns how many
+        jobs were deleted (sub-jobs included). Deleted jobs are unknown from then on:
         ``get`` raises ``JobNotFoundError``."""
         seconds = to_seconds(older_than, "older_than")
         if seconds is None:
             raise InvalidOptionTypeError("older_than must be seconds or a timedelta, got None")
-        cutoff = time.time() - seconds
         store = self.store
         deleted, after, busy_turns = 0, "", 0
         while after is not None:
             turn = self._write(functools.partial(retention.prune, dialect=store.dialect,
-                                                 cutoff=cutoff, limit=PRUNE_BATCH, after=after))
+                                                 older_than=seconds, after=after))
             deleted += turn.deleted
             after = turn.after
             busy_turns = busy_turns + 1 if turn.busy else 0
             if busy_turns >= PRUNE_BUSY_TURNS:
-                raise StoreUnavailableError(
-                    "prune: the jobs to delete stayed locked by other transactions")
+                raise StoreUnavailableError("prune: another process kept pruning for 30 s")
             if turn.busy:
                 time.sleep(0.05)
         return deleted

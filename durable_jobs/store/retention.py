@@ -9,10 +9,15 @@ Candidates are found by primary key: ids are time-ordered (UUIDv7), and a job th
 before the cutoff was created before it, so only ids below the cutoff's are read, oldest
 first, and no index on ``finished_at`` is kept up to date by every completion.
 
+A transaction deletes at most ``ROWS`` jobs (but always one whole tree), so a supervisor's
+loop, and on SQLite every other writer, waits little for it. The cutoff is taken on the
+database clock, which stamped ``finished_at``.
+
 On PostgreSQL one supervisor prunes at a time (a transaction-level advisory lock, tried, not
-waited for), and the trees' rows are locked ``NOWAIT`` before they are checked again: a job
-retried or cancelled at that moment either waits for the deletion (and then is not found)
-or makes the prune give up until its next turn; it never deadlocks with a flush.
+waited for). Only the rows of finished trees are locked, ``SKIP LOCKED``, and checked
+again: a tree with a row another transaction holds (a retry, a cancel) waits for a later
+turn, and one being retried is kept. Flushes write only running jobs, so a prune never
+holds one up, and it waits for nobody.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from sqlalchemy import Connection, bindparam, text
 
 from durable_jobs.store.dialects import Dialect
 
+BATCH = 500  # top-level jobs looked at per transaction
+ROWS = 5_000  # jobs deleted per transaction (at least one whole tree)
 TERMINAL = "('completed', 'failed', 'cancelled')"
 # Top-level finished jobs, oldest first, read through the primary key.
 CANDIDATES = text(f"""
@@ -64,22 +71,43 @@ class Pruned(NamedTuple):
     busy: bool = False  # another process held what this one needed: nothing was done
 
 
-def prune(conn: Connection, dialect: Dialect, cutoff: float, limit: int, after: str = ""
-          ) -> Pruned:
-    """Delete the finished job trees whose jobs all finished before ``cutoff``, looking at
-    up to ``limit`` top-level jobs with ids after ``after``."""
+def prune(conn: Connection, dialect: Dialect, older_than: float, after: str = "",
+          limit: int = BATCH, rows: int = ROWS) -> Pruned:
+    """Delete the finished job trees whose jobs all finished more than ``older_than``
+    seconds ago by the database clock, looking at up to ``limit`` top-level jobs with ids
+    after ``after``, and taking trees (oldest first) while they hold ``rows`` jobs in all
+    (at least one tree, whatever its size)."""
     if not dialect.prune_lock(conn):
         return Pruned(0, after, busy=True)
+    cutoff = float(conn.execute(text(f"SELECT {dialect.now_sql}")).scalar_one()) - older_than
     roots = list(conn.execute(CANDIDATES, {"after": after, "bound": id_bound(cutoff),
                                            "cutoff": cutoff, "limit": limit}).scalars())
     if not roots:
         return Pruned(0, None)
-    if not dialect.lock_trees(conn, _TREE, roots):
-        return Pruned(0, after, busy=True)
-    trees = conn.execute(TREES, {"roots": roots, "cutoff": cutoff}).all()
-    done = [root for root, _size, unfinished in trees if not unfinished]
-    if done:
-        for statement in DELETES:
-            conn.execute(statement, {"roots": done})
-    deleted = sum(size for _root, size, unfinished in trees if not unfinished)
+    trees = {root: (size, unfinished) for root, size, unfinished
+             in conn.execute(TREES, {"roots": roots, "cutoff": cutoff})}
+    chosen: list[str] = []
+    total, examined = 0, len(roots)
+    for at, root in enumerate(roots):
+        size, unfinished = trees[root]
+        if unfinished:
+            continue
+        if chosen and total + size > rows:
+            examined = at  # the rest waits for the next turn
+            break
+        chosen.append(root)
+        total += size
+    deleted = 0
+    if chosen:
+        locked = dialect.lock_trees(conn, _TREE, chosen)
+        # Rechecked under the locks: a retry may have come between the two reads.
+        done = [root for root, size, unfinished
+                in conn.execute(TREES, {"roots": locked, "cutoff": cutoff})
+                if not unfinished] if locked else []
+        if done:
+            for statement in DELETES:
+                conn.execute(statement, {"roots": done})
+            deleted = sum(trees[root][0] for root in done)
+    if examined < len(roots):
+        return Pruned(deleted, roots[examined - 1] if examined else after)
     return Pruned(deleted, roots[-1] if len(roots) == limit else None)

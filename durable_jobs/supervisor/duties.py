@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from durable_jobs.engine.job import PauseMode
 from durable_jobs.store import leases
 from durable_jobs.store import supervisors as supervisor_rows
+from durable_jobs.supervisor.control import Phase
 from durable_jobs.supervisor.reaper import Reaper
 from durable_jobs.supervisor.retention import Retention
 from durable_jobs.supervisor.scheduler import Scheduler
@@ -132,6 +133,8 @@ class Duties:
             if fired and self.supervisor.hooks.bus.active:
                 self.supervisor.hooks.enqueued(fired)
         elif name == "retention" and self.retention is not None:
+            if self.supervisor.phase is not Phase.RUNNING:
+                return  # draining: nothing that can wait holds up the stop
             turn = self.retention.run_once(wall)
             self.due[name] = now + self.retention.next_in(turn)
 

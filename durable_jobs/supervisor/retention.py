@@ -13,7 +13,6 @@ from durable_jobs.store.store import Store
 
 log = logging.getLogger("durable_jobs.retention")
 
-BATCH = 500  # top-level jobs looked at per transaction
 SOON = 0.05  # seconds to the next turn while a backlog is left
 
 
@@ -28,9 +27,10 @@ class Retention:
         self.after = ""  # where the last full batch ended; the next one goes on from there
 
     def run_once(self, now: float) -> retention.Pruned:
+        """One transaction; ``now`` is unused: the cutoff is on the database clock."""
         store = self.store
         with store.write() as conn:
-            turn = retention.prune(conn, store.dialect, now - self.seconds, BATCH, self.after)
+            turn = retention.prune(conn, store.dialect, self.seconds, self.after)
         if not turn.busy:
             self.after = turn.after or ""
         if turn.deleted:

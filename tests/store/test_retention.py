@@ -19,6 +19,7 @@ from durable_jobs.store.schema import jobs as jobs_table
 from tests.helpers import wait_until
 
 LATER = 3600.0  # a cutoff an hour ahead: everything finished so far is older than it
+AHEAD = -LATER  # the older_than that puts the cutoff there
 
 
 def finish(store: jobs.Store, ids: list[str], status: str = "completed",
@@ -51,10 +52,10 @@ def remaining(store: jobs.Store) -> tuple[set[str], int, int]:
     return ids, n_steps, n_fan_outs
 
 
-def prune(store: jobs.Store, cutoff: float, limit: int = 500, after: str = ""
-          ) -> retention.Pruned:
+def prune(store: jobs.Store, older_than: float = AHEAD, limit: int = retention.BATCH,
+          after: str = "", rows: int = retention.ROWS) -> retention.Pruned:
     with store.write() as conn:
-        return retention.prune(conn, store.dialect, cutoff, limit, after)
+        return retention.prune(conn, store.dialect, older_than, after, limit, rows)
 
 
 def test_a_finished_tree_goes_whole(store: jobs.Store, queue: jobs.Queue) -> None:
@@ -64,7 +65,7 @@ def test_a_finished_tree_goes_whole(store: jobs.Store, queue: jobs.Queue) -> Non
     finish(store, [parent, children[0]])
     finish(store, [children[1]], "failed")
     finish(store, [children[2]], "cancelled")
-    assert prune(store, time.time() + LATER) == retention.Pruned(4, None)
+    assert prune(store) == retention.Pruned(4, None)
     assert remaining(store) == (set(), 0, 0)
 
 
@@ -77,7 +78,7 @@ def test_a_tree_with_an_unfinished_job_stays(store: jobs.Store, queue: jobs.Queu
     with store.write() as conn:
         conn.execute(jobs_table.update().where(jobs_table.c.id == child).values(
             status=status))
-    assert prune(store, time.time() + LATER).deleted == 1
+    assert prune(store).deleted == 1
     assert remaining(store) == ({parent, child}, 2, 1)
 
 
@@ -87,8 +88,8 @@ def test_unfinished_and_recent_top_level_jobs_stay(store: jobs.Store,
     finish(store, [old], at=time.time() - 100)
     finish(store, [recent])
     cutoff = time.time() + 0.5 * LATER
-    finish(store, [recent], at=cutoff + 1)  # finished after the cutoff
-    assert prune(store, cutoff).deleted == 1
+    finish(store, [recent], at=cutoff + 10)  # finished after the cutoff
+    assert prune(store, -0.5 * LATER).deleted == 1
     assert remaining(store)[0] == {recent, pending}
 
 
@@ -99,7 +100,7 @@ def test_a_sub_job_finished_after_the_cutoff_keeps_its_tree(store: jobs.Store,
     cutoff = time.time() + LATER
     finish(store, [parent], at=cutoff - 10)
     finish(store, [child], at=cutoff + 10)
-    assert prune(store, cutoff).deleted == 0
+    assert prune(store).deleted == 0
     assert remaining(store)[0] == {parent, child}
 
 
@@ -109,7 +110,7 @@ def test_nested_sub_jobs_go_with_their_root(store: jobs.Store, queue: jobs.Queue
     with store.write() as conn:
         conn.execute(jobs_table.update().where(jobs_table.c.id == leaf).values(parent_id=mid))
     finish(store, [root, mid, leaf])
-    assert prune(store, time.time() + LATER).deleted == 3
+    assert prune(store).deleted == 3
     assert remaining(store) == (set(), 0, 0)
 
 
@@ -121,12 +122,11 @@ def test_batches_go_on_past_trees_that_must_stay(store: jobs.Store,
     for parent, child in zip(ids[:3], children, strict=True):
         adopt(store, parent, [child])  # the three oldest have a pending sub-job
     finish(store, ids)
-    cutoff = time.time() + LATER
-    first = prune(store, cutoff, limit=3)
+    first = prune(store, limit=3)
     assert first == retention.Pruned(0, ids[2])
-    second = prune(store, cutoff, limit=3, after=first.after or "")
+    second = prune(store, limit=3, after=first.after or "")
     assert second == retention.Pruned(3, ids[5])
-    assert prune(store, cutoff, limit=100, after=second.after or "") == retention.Pruned(4, None)
+    assert prune(store, limit=100, after=second.after or "") == retention.Pruned(4, None)
     assert remaining(store)[0] == {*ids[:3], *children}
 
 
@@ -168,17 +168,17 @@ def test_a_second_pruner_skips_its_turn_on_postgresql(pg_store: jobs.Store) -> N
     finish(pg_store, ids)
     with pg_store.write() as holder:
         assert pg_store.dialect.prune_lock(holder)
-        assert prune(pg_store, time.time() + LATER) == retention.Pruned(0, "", busy=True)
-    assert prune(pg_store, time.time() + LATER).deleted == 3
+        assert prune(pg_store) == retention.Pruned(0, "", busy=True)
+    assert prune(pg_store).deleted == 3
 
 
-def test_a_locked_row_makes_the_prune_give_up_not_wait(pg_store: jobs.Store) -> None:
-    """A transaction holding a row of a tree (a retry, say) is not waited for: the prune
-    gives up at once, deletes nothing, and ``queue.prune`` tries again until it is gone."""
+def test_a_tree_with_a_locked_row_waits_for_a_later_turn(pg_store: jobs.Store) -> None:
+    """A transaction holding a row of a tree (a retry, say) is not waited for: that tree
+    stays for a later turn, the others go."""
     queue = jobs.Queue(pg_store)
-    parent, child = queue.enqueue_many([jobs.Sub("p"), jobs.Sub("c")])
+    parent, child, other = queue.enqueue_many([jobs.Sub("p"), jobs.Sub("c"), jobs.Sub("o")])
     adopt(pg_store, parent, [child])
-    finish(pg_store, [parent, child])
+    finish(pg_store, [parent, child, other])
     release = threading.Event()
     locked = threading.Event()
 
@@ -193,12 +193,43 @@ def test_a_locked_row_makes_the_prune_give_up_not_wait(pg_store: jobs.Store) -> 
     try:
         assert locked.wait(10)
         started = time.monotonic()
-        assert prune(pg_store, time.time() + LATER) == retention.Pruned(0, "", busy=True)
+        assert prune(pg_store) == retention.Pruned(1, None)  # the other tree only
         assert time.monotonic() - started < 1.0
         assert remaining(pg_store) == ({parent, child}, 2, 1)
-        threading.Timer(0.2, release.set).start()
-        assert queue.prune(0) == 2
     finally:
         release.set()
         holder.join(10)
+    assert prune(pg_store) == retention.Pruned(2, None)
     assert remaining(pg_store) == (set(), 0, 0)
+
+
+def test_a_tree_that_is_kept_is_not_locked(pg_store: jobs.Store) -> None:
+    """A finished parent whose sub-job still runs: the prune leaves the sub-job's row free
+    for the flush that will write it (it used to lock it, and flushes waited)."""
+    queue = jobs.Queue(pg_store)
+    parent, child = queue.enqueue_many([jobs.Sub("p"), jobs.Sub("c")])
+    adopt(pg_store, parent, [child])
+    finish(pg_store, [parent], "failed")
+    with pg_store.write() as conn:
+        conn.execute(jobs_table.update().where(jobs_table.c.id == child).values(
+            status="running"))
+    with pg_store.write() as conn:  # the prune's transaction, still open
+        assert retention.prune(conn, pg_store.dialect, AHEAD).deleted == 0
+        with pg_store.write() as other:
+            other.execute(text("SET LOCAL lock_timeout = '2s'"))
+            other.execute(jobs_table.update().where(jobs_table.c.id == child).values(
+                status="completed"))
+
+
+def test_a_transaction_deletes_a_bounded_number_of_jobs(store: jobs.Store,
+                                                        queue: jobs.Queue) -> None:
+    """Trees are taken while they hold ``rows`` jobs in all (always one); the next turn
+    goes on after the last tree taken."""
+    roots = queue.enqueue_many([jobs.Sub("r", i) for i in range(3)])
+    for root in roots:
+        adopt(store, root, queue.enqueue_many([jobs.Sub("c", i) for i in range(3)]))
+    with store.read() as conn:
+        finish(store, list(conn.execute(select(jobs_table.c.id)).scalars()))
+    assert prune(store, rows=9) == retention.Pruned(8, roots[1])  # two trees of four
+    assert prune(store, rows=1, after=roots[1]) == retention.Pruned(4, None)  # one, whole
+    assert remaining(store) == (set(), 0, 0)

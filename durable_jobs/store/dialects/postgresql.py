@@ -233,22 +233,17 @@ class PostgreSQLDialect:
         return bool(conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"),
                                  {"k": PRUNE_LOCK_KEY}).scalar())
 
-    def lock_trees(self, conn: Connection, tree_sql: str, roots: list[str]) -> bool:
-        """Lock every row of the trees, or give up at once (False) if one is locked: a
-        prune waits for nobody, so it cannot deadlock with a flush."""
-        from psycopg.errors import LockNotAvailable
-        from sqlalchemy.exc import OperationalError
-
-        lock = text(f"{tree_sql}\nSELECT id FROM jobs WHERE id IN (SELECT id FROM tree) "
-                    "FOR UPDATE NOWAIT").bindparams(bindparam("roots", expanding=True))
-        try:
-            with conn.begin_nested():
-                conn.execute(lock, {"roots": roots})
-        except OperationalError as exc:
-            if isinstance(exc.orig, LockNotAvailable):
-                return False
-            raise
-        return True
+    def lock_trees(self, conn: Connection, tree_sql: str, roots: list[str]) -> list[str]:
+        """Lock the rows of these (finished) trees, skipping rows another transaction holds
+        (a retry, a cancel): the trees whose every row is now ours. A prune waits for
+        nobody, so it holds up no one for long and cannot deadlock."""
+        pairs = conn.execute(text(f"{tree_sql}\nSELECT root, id FROM tree").bindparams(
+            bindparam("roots", expanding=True)), {"roots": roots}).all()
+        locked = set(conn.execute(text(
+            "SELECT id FROM jobs WHERE id = ANY(:ids) FOR UPDATE SKIP LOCKED"),
+            {"ids": [job_id for _root, job_id in pairs]}).scalars())
+        missed = {root for root, job_id in pairs if job_id not in locked}
+        return [root for root in roots if root not in missed]
 
     def claim(
         self, conn: Connection, owner: str, queue: str, names: list[str], limit: int,

@@ -196,9 +196,9 @@ class SQLiteDialect:
         """BEGIN IMMEDIATE already keeps other writers out."""
         return True
 
-    def lock_trees(self, conn: Connection, tree_sql: str, roots: list[str]) -> bool:
+    def lock_trees(self, conn: Connection, tree_sql: str, roots: list[str]) -> list[str]:
         """Nothing to lock: no other writer runs (BEGIN IMMEDIATE)."""
-        return True
+        return roots
 
     def post_migrate(self, conn: Connection) -> None:
         """Nothing beyond the portable schema."""
