@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 from durable_jobs.engine.durable import FanOutSpec, StoredStep
 from durable_jobs.engine.errors import JobError, ProtocolError
 
-VERSION = 2  # 2: frames are (code, *fields) tuples
+VERSION = 3  # 2: frames are (code, *fields) tuples; 3: leases and revokes carry the token
 
 
 # -- actor -> supervisor ---------------------------------------------------------------
@@ -95,6 +95,7 @@ class Revoked:
     """The actor dropped a queued lease it had not started, as the supervisor asked."""
 
     job_id: str
+    token: str | None  # the lease's: a later lease of the same job is another one
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ class Lease(NamedTuple):
     max_attempts: int
     steps: tuple[StoredStep, ...] = ()
     timeout: float | None = None  # the supervisor enforces it; the actor only needs to know
+    token: str | None = None  # the claim's lease token: which lease a Revoke means
 
 
 @dataclass(frozen=True)
@@ -143,9 +145,12 @@ class Leases:
 @dataclass(frozen=True)
 class Revoke:
     """Do not start this queued lease (pause, drain, or its job was cancelled meanwhile);
-    answered with ``Revoked`` if it had not started. The running job is never revoked."""
+    answered with ``Revoked`` if it had not started. The running job is never revoked.
+    Sent on both of the actor's sockets, so ``token`` names the lease: the second copy must
+    not take a later lease of the same job."""
 
     job_id: str
+    token: str | None
 
 
 class CheckpointAck(NamedTuple):

@@ -8,10 +8,12 @@ never runs a job without a lease owner. On Linux the kernel also kills the actor
 supervisor dies (``PR_SET_PDEATHSIG``), for a handler that never lets that thread run.
 
 Sockets: the main thread receives on ``<id>``; after boot everything the actor says goes out
-in order on ``<id>.out`` (the :class:`Outbox`); heartbeats use ``<id>.hb``. While more leases
-are queued in the actor (prefetch), outcomes are held and sent together, for at most
-``HOLD_MAX`` seconds: the main thread sends them after a quick job, the heartbeat thread
-after a slow one, so a finished job is never reported late because the next one runs long.
+in order on ``<id>.out`` (the :class:`Outbox`); heartbeats use ``<id>.hb``, on which the
+heartbeat thread also takes revokes of queued leases while a job runs, and answers them.
+While more leases are queued in the actor (prefetch), outcomes are held and sent together,
+for at most ``HOLD_MAX`` seconds: the main thread sends them after a quick job, the
+heartbeat thread after a slow one, so a finished job is never reported late because the
+next one runs long.
 """
 
 from __future__ import annotations
@@ -141,7 +143,8 @@ class Channel:
         self.outbox = Outbox(context, args)
         self.job_id: str | None = None
         self.inbox: collections.deque[Any] = collections.deque()  # kept while awaiting an ack
-        self.revoke: Callable[[str], None] | None = None  # the job loop's, for the watchdog
+        # The job loop's: takes a queued lease out (True) for the watchdog, which answers.
+        self.revoke: Callable[[str, str | None], bool] | None = None
 
     def send(self, message: Any) -> None:
         self.outbox.send(message)
@@ -217,8 +220,12 @@ class Watchdog(threading.Thread):
                         data = self.socket.recv()
                         last_heard = time.monotonic()
                         message = _decoded(data)
-                        if isinstance(message, p.Revoke) and self.channel.revoke is not None:
-                            self.channel.revoke(message.job_id)  # now, not after the job
+                        if isinstance(message, p.Revoke) and self.channel.revoke is not None \
+                                and self.channel.revoke(message.job_id, message.token):
+                            # Answered here, now (not after the job), on this thread's own
+                            # socket: it must never wait for the outbox's lock.
+                            self.socket.send(p.encode(p.Revoked(message.job_id,
+                                                                message.token)))
                     else:
                         _drain(outbox.wake_read)
                 outbox.flush_if_free(older_than=HOLD_MAX)
@@ -305,20 +312,22 @@ class JobLoop:
             elif isinstance(message, p.Leases):
                 with self.lock:
                     self.leases.extend(message.leases)
-            elif isinstance(message, p.Revoke):
-                self.revoke(message.job_id)
+            elif isinstance(message, p.Revoke) and self.revoke(message.job_id, message.token):
+                self.channel.send(p.Revoked(message.job_id, message.token))
             elif isinstance(message, p.Stop):
                 self.stopping = True
 
-    def revoke(self, job_id: str) -> None:
-        """Hand a queued lease back (``Revoked``) unless it started or went already: the
-        supervisor asks on both sockets, and only the first look finds it."""
+    def revoke(self, job_id: str, token: str | None) -> bool:
+        """Take a queued lease out, unless it started or went already (the supervisor
+        asks on both sockets: only the first look finds it); the caller answers
+        ``Revoked`` when this is True."""
         with self.lock:
-            found = next((lease for lease in self.leases if lease.job_id == job_id), None)
+            found = next((lease for lease in self.leases
+                          if lease.job_id == job_id and lease.token == token), None)
             if found is None:
-                return
+                return False
             self.leases.remove(found)
-        self.channel.send(p.Revoked(job_id))
+        return True
 
     def run_one(self, lease: p.Lease) -> None:
         self.channel.job_id = lease.job_id

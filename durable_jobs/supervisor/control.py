@@ -18,7 +18,7 @@ from durable_jobs.engine.errors import JobError
 from durable_jobs.engine.job import PauseMode
 from durable_jobs.engine.outcomes import Fail, Failed
 from durable_jobs.store.leases import Release
-from durable_jobs.supervisor.pool import Actor, exit_description
+from durable_jobs.supervisor.pool import Actor, ActorState, exit_description
 
 if TYPE_CHECKING:
     from durable_jobs.supervisor.dispatch import Dispatcher, Flushed
@@ -53,6 +53,8 @@ class Control:
     if TYPE_CHECKING:  # declared only: a body here would shadow the real one in the MRO
         def send(self, actor_id: str, message: Any) -> None: ...
         def _decide(self, job: Running, failed: Failed) -> Any: ...
+        @staticmethod
+        def _starts(job: Running, now: float) -> None: ...
 
     def on_actor_exit(self, actor: Actor, code: int) -> None:
         if actor.job is not None:
@@ -109,14 +111,18 @@ class Control:
         answers at once even while a job runs, and on its main one, read between jobs (and
         by actors of earlier versions); it answers ``Revoked`` once, if it had not started
         the job."""
-        revoke = p.Revoke(job.job_id)
+        revoke = p.Revoke(job.job_id, job.token)
         self.send(f"{actor.id}.hb", revoke)
         self.send(actor.id, revoke)
 
-    def on_revoked(self, actor: Actor, job_id: str) -> None:
-        for job in actor.jobs:
-            if job.job_id == job_id and job.revoking:
-                actor.jobs.remove(job)
+    def on_revoked(self, actor: Actor, job_id: str, token: str | None) -> None:
+        for at, job in enumerate(actor.jobs):
+            if job.job_id == job_id and job.token == token and job.revoking:
+                del actor.jobs[at]
+                if at == 0 and actor.jobs:  # it had come to the head: the next one runs now
+                    self._starts(actor.jobs[0], time.monotonic())
+                elif not actor.jobs and actor.state is ActorState.BUSY:
+                    actor.state = ActorState.IDLE
                 self.dispatcher.add_write(job, Release())
                 self.wake.notified = True
                 return

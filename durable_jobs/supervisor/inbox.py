@@ -37,7 +37,7 @@ class Inbox:
 
     if TYPE_CHECKING:  # declared only: a body here would shadow the real one in the MRO
         def send(self, actor_id: str, message: Any) -> None: ...
-        def on_revoked(self, actor: Actor, job_id: str) -> None: ...
+        def on_revoked(self, actor: Actor, job_id: str, token: str | None) -> None: ...
 
     @staticmethod
     def _starts(job: Running, now: float) -> None:
@@ -55,6 +55,9 @@ class Inbox:
             actor = self.pool.actors.get(identity[:-3])
             if actor is not None:
                 actor.last_seen = now
+                if isinstance(message, p.Revoked):  # from the heartbeat thread, job running
+                    self.on_revoked(actor, message.job_id, message.token)
+                    return
             self.send(identity, p.Ping())
             return
         # After boot an actor speaks on "<id>.out" (in order) and listens on "<id>".
@@ -72,8 +75,8 @@ class Inbox:
             case p.Outcomes(outcomes=outcomes):
                 for outcome in outcomes:
                     self.on_outcome(actor, outcome)
-            case p.Revoked(job_id=job_id):
-                self.on_revoked(actor, job_id)
+            case p.Revoked(job_id=job_id, token=token):
+                self.on_revoked(actor, job_id, token)
             case p.Checkpoint():
                 if actor.job is not None and actor.job.job_id == message.job_id:
                     self.dispatcher.add_checkpoint(actor.job, message)

@@ -404,7 +404,7 @@ class Supervisor(Inbox, Control):
                     actor.jobs.append(job)
                     leases.append(p.Lease(job.job_id, job.name, job.queue, job.args,
                                           job.attempt, job.max_attempts, item.steps,
-                                          job.timeout))
+                                          job.timeout, job.token))
                     if hooked:
                         self.hooks.started(job)
                 if was_idle:

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from durable_jobs.engine.errors import DurableJobsError, InvalidOptionError, InvalidOptionTypeError
-from durable_jobs.engine.job import PauseMode, pause_mode
+from durable_jobs.engine.job import PauseMode
 from durable_jobs.engine.job import pause_mode as pause_mode_of  # (a parameter's name below)
 from durable_jobs.engine.options import check_name, to_seconds
 from durable_jobs.supervisor.control import Phase
@@ -90,7 +90,7 @@ class Worker:
 
     def pause(self, mode: PauseMode | str = PauseMode.GRACEFUL) -> None:
         """Stop claiming; AGGRESSIVE also kills busy actors and returns their jobs."""
-        self.supervisor.command("pause", pause_mode(mode))
+        self.supervisor.command("pause", pause_mode_of(mode))
 
     def resume(self) -> None:
         self.supervisor.command("resume")

@@ -108,3 +108,18 @@ def test_a_job_with_a_timeout_is_reported_at_once_even_with_leases_queued(
     finally:
         channel.outbox.socket.close(0)
         channel.socket.close(0)
+
+
+def test_a_revoke_takes_only_the_queued_lease_it_names() -> None:
+    """By job and token: a late copy of a revoke finds a later lease of the same job
+    another lease, and leaves it."""
+    from types import SimpleNamespace
+
+    loop = JobLoop(SimpleNamespace(), Registry())  # type: ignore[arg-type]
+    old, new = (p.Lease("b", "n", "default", "null", 1, 4, token=t) for t in ("t-1", "t-2"))
+    loop.leases.extend([p.Lease("a", "n", "default", "null", 1, 4, token="t-a"), new])
+    assert loop.revoke("b", "t-1") is False  # old's copy: it went already
+    assert loop.revoke("b", "t-2") is True
+    assert [lease.job_id for lease in loop.leases] == ["a"]
+    assert loop.revoke("b", "t-2") is False  # the other copy finds nothing
+    assert old.token == "t-1"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,6 +37,17 @@ def mark(args: dict) -> int:
 
 def status(queue: jobs.Queue, job_id: str) -> str:
     return queue.get(job_id).status.value
+
+
+def held(worker: Any) -> list[str]:
+    """The ids of the jobs on the worker's actors, read from the test's thread while the
+    supervisor's changes them: a read that meets a change is tried again."""
+    while True:
+        try:
+            return [job.job_id for a in list(worker.supervisor.pool.actors.values())
+                    for job in list(a.jobs)]
+        except RuntimeError:  # deque mutated during iteration
+            continue
 
 
 @pytest.mark.timeout(60)
@@ -88,19 +100,15 @@ def test_cancel_of_a_lease_queued_in_an_actor_revokes_it(queue: jobs.Queue,
     ])
     with queue.worker({"default": 1}, prefetch=4, poll_interval=0.1,
                       lease_timeout=3) as worker:
-        sup = worker.supervisor
-
         def both_on_the_actor() -> bool:
-            held = [job.job_id for a in list(sup.pool.actors.values()) for job in a.jobs]
-            return held == [slow, queued]
+            return held(worker) == [slow, queued]
 
         wait_until(both_on_the_actor, timeout=10, message="both leases to reach the actor")
         queue.cancel(queued)
         assert status(queue, queued) == "cancelled"
 
         def revoked() -> bool:
-            return all(job.job_id != queued
-                       for a in list(sup.pool.actors.values()) for job in a.jobs)
+            return queued not in held(worker)
 
         wait_until(revoked, timeout=10, message="the queued lease to be revoked")
         gate.touch()
@@ -136,7 +144,7 @@ def test_pause_and_stop_give_queued_leases_back_at_once(queue: jobs.Queue,
     sup = worker.supervisor
 
     def on_the_actor(ids: list[str]) -> bool:
-        return [job.job_id for a in list(sup.pool.actors.values()) for job in a.jobs] == ids
+        return held(worker) == ids
 
     try:
         slow, *queued = ids = batch(tmp_path / "gate", "a")

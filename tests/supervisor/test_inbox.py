@@ -1,14 +1,18 @@
-"""What the supervisor answers an actor's first message."""
+"""What the supervisor answers an actor's first message, and its half of a revoke."""
 
 from __future__ import annotations
 
+import collections
+import time
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from durable_jobs import protocol as p
+from durable_jobs.supervisor.control import Control
 from durable_jobs.supervisor.inbox import Inbox
+from durable_jobs.supervisor.pool import Actor, ActorState, Running
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -39,3 +43,64 @@ def test_an_actor_of_another_version_is_stopped_with_an_error_naming_both() -> N
     error = inbox.pool.last_boot_error
     assert f"protocol version {p.VERSION - 1}" in error and f"supervisor {p.VERSION}" in error
     assert "restart the supervisor" in error
+
+
+# -- Revoked: which lease, and what runs next ------------------------------------------
+
+
+class Revokes(Inbox, Control):
+    """The supervisor's half of a revoke, recording the writes it asks for."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, Any]] = []
+        self.dispatcher = SimpleNamespace(  # type: ignore[assignment]
+            add_write=lambda job, write: self.writes.append((job.job_id, write)))
+        self.wake = SimpleNamespace(notified=False)  # type: ignore[assignment]
+        self.sent: list[tuple[str, Any]] = []
+
+    def send(self, actor_id: str, message: Any) -> None:
+        self.sent.append((actor_id, message))
+
+
+def running(job_id: str, token: str, timeout: float | None = None) -> Running:
+    return Running(job_id, "n", "default", "null", 1, 4, 60.0, timeout, token, 0)
+
+
+def actor_with(*jobs: Running) -> Actor:
+    return Actor("default-1", "default", None, -1, ActorState.BUSY,  # type: ignore[arg-type]
+                 collections.deque(jobs))
+
+
+def test_a_revoke_goes_to_both_sockets_and_names_the_lease() -> None:
+    sup, queued = Revokes(), running("b", "t-b")
+    sup.revoke(actor_with(running("a", "t-a"), queued), queued)
+    assert sup.sent == [("default-1.hb", p.Revoke("b", "t-b")),
+                        ("default-1", p.Revoke("b", "t-b"))]
+
+
+def test_revoked_for_another_lease_of_the_job_is_ignored() -> None:
+    """The second copy of a revoke, answered late, must not take a later lease."""
+    sup = Revokes()
+    later = running("b", "t-new")
+    later.revoking = False
+    actor = actor_with(running("a", "t-a"), later)
+    sup.on_revoked(actor, "b", "t-old")
+    assert [j.job_id for j in actor.jobs] == ["a", "b"] and sup.writes == []
+
+
+def test_revoked_head_starts_the_next_jobs_clock() -> None:
+    """A revoked job that had come to the head (the outcome before it arrived first): the
+    job behind it runs now, so its timeout counts from now."""
+    sup = Revokes()
+    gone, next_one = running("b", "t-b"), running("c", "t-c", timeout=5.0)
+    gone.revoking = True
+    actor = actor_with(gone, next_one)
+    before = time.monotonic()
+    sup.on_revoked(actor, "b", "t-b")
+    assert [j.job_id for j in actor.jobs] == ["c"]
+    assert next_one.started >= before and next_one.deadline == next_one.started + 5.0
+    assert [(job_id, type(w).__name__) for job_id, w in sup.writes] == [("b", "Release")]
+    last = actor.jobs[0]
+    last.revoking = True
+    sup.on_revoked(actor, "c", "t-c")
+    assert not actor.jobs and actor.state is ActorState.IDLE

@@ -29,11 +29,11 @@ EVERY_MESSAGE = [
     p.Checkpoint("job-1", 5, "charge", "failed", None, '{"type":"NoRetry"}', 1),
     p.Outcome("job-1", "completed", "null"), FAILED, SUSPENDED,
     p.Outcomes((p.Outcome("a", "completed", "1"), FAILED)),
-    p.Revoked("job-1"), p.Event("job-1", "progress", {"done": 3}),
+    p.Revoked("job-1", "token-1"), p.Event("job-1", "progress", {"done": 3}),
     p.Init(("/app",), b"\x80registry", 1.0, True, 30.0),
     LEASE, p.Lease("job-9", "noop", "default", "null", 1, 1),
     p.Leases((LEASE, p.Lease("job-9", "noop", "default", "null", 1, 1))),
-    p.Revoke("job-1"), p.CheckpointAck("job-1", 4, True), p.CheckpointAck("job-1", 5, False),
+    p.Revoke("job-1", None), p.CheckpointAck("job-1", 4, True), p.CheckpointAck("job-1", 5, False),
     p.Ping(), p.Stop(),
 ]
 
