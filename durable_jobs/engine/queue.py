@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -44,7 +43,7 @@ from durable_jobs.engine.schedules import ScheduleSpec
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
-    from durable_jobs.store import fanouts, retention
+    from durable_jobs.store import fanouts, retention, transactions
     from durable_jobs.store import jobs as job_rows
     from durable_jobs.store.store import Store
     from durable_jobs.supervisor.worker import Worker
@@ -54,6 +53,7 @@ else:
     fanouts = LazyModule("durable_jobs.store.fanouts")
     job_rows = LazyModule("durable_jobs.store.jobs")
     retention = LazyModule("durable_jobs.store.retention")
+    transactions = LazyModule("durable_jobs.store.transactions")
 
 PRUNE_BUSY_TURNS = 600  # 30 s of another process pruning
 F = TypeVar("F", bound=Callable[..., Any])
@@ -248,7 +248,8 @@ class Queue:
             for event in events:
                 self.bus.publish(event)
         else:
-            after_commit(connection, [(self.bus, event) for event in events])
+            transactions.after_commit(
+                connection, [functools.partial(self.bus.publish, event) for event in events])
 
     # -- reading -------------------------------------------------------------------------
 
@@ -423,35 +424,6 @@ class Queue:
 
         return Worker(self, queues or {"default": 1}, scheduler=scheduler,
                       poll_interval=poll_interval, **options)
-
-
-# What waits for a caller's transaction to commit, by connection (the connection's
-# listeners, added once, publish it on commit and drop it on rollback).
-_AFTER_COMMIT: weakref.WeakKeyDictionary[Connection, list[tuple[Any, ev.JobEnqueued]]] = \
-    weakref.WeakKeyDictionary()
-
-
-def after_commit(connection: Connection, items: list[tuple[Any, ev.JobEnqueued]]) -> None:
-    """Publish each (bus, event) when ``connection``'s transaction commits."""
-    from sqlalchemy import event as sa_event
-
-    pending = _AFTER_COMMIT.get(connection)
-    if pending is None:
-        pending = _AFTER_COMMIT[connection] = []
-        sa_event.listen(connection, "commit", _publish_pending)
-        sa_event.listen(connection, "rollback", _drop_pending)
-    pending.extend(items)
-
-
-def _publish_pending(connection: Connection) -> None:
-    pending = _AFTER_COMMIT.get(connection, [])
-    items, pending[:] = pending[:], []
-    for bus, event in items:
-        bus.publish(event)
-
-
-def _drop_pending(connection: Connection) -> None:
-    _AFTER_COMMIT.get(connection, []).clear()
 
 
 def _first_line(error: BaseException) -> str:

@@ -331,6 +331,43 @@ def test_jobenqueued_waits_for_the_callers_commit(db_url: str, queue: jobs.Queue
         engine.dispose()
 
 
+def test_jobenqueued_forgets_what_a_rolled_back_savepoint_made(db_url: str,
+                                                                queue: jobs.Queue) -> None:
+    import queue as stdlib_queue
+
+    engine = create_engine(db_url)
+    events = queue.events()
+
+    def announced() -> list[str]:
+        seen = []
+        while True:
+            try:
+                seen.append(events.get(timeout=0.05).job_id)
+            except stdlib_queue.Empty:
+                return seen
+
+    try:
+        with engine.connect() as conn:
+            with conn.begin():
+                outer = queue.enqueue("a", connection=conn)
+                inner = conn.begin_nested()
+                queue.enqueue("b", connection=conn)
+                inner.rollback()
+                kept = conn.begin_nested()
+                released = queue.enqueue("c", connection=conn)
+                kept.commit()  # RELEASE SAVEPOINT: waits for the transaction
+            assert announced() == [outer, released]
+            with conn.begin():  # a savepoint begun before the first enqueue in it
+                inner = conn.begin_nested()
+                queue.enqueue("d", connection=conn)
+                inner.rollback()
+                after = queue.enqueue("e", connection=conn)
+            assert announced() == [after]
+    finally:
+        queue.unsubscribe(events)
+        engine.dispose()
+
+
 def test_enqueue_with_connection_rolls_back_with_the_callers_error(
         store: jobs.Store, queue: jobs.Queue) -> None:
     with pytest.raises(RuntimeError):
