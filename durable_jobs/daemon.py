@@ -16,9 +16,12 @@ def main() -> int:
     from durable_jobs.supervisor.signals import record_early
 
     record_early()
-    from durable_jobs.cli import main as cli_main
+    try:
+        from durable_jobs.cli import main as cli_main
 
-    return cli_main()
+        return cli_main()
+    except KeyboardInterrupt:  # a second SIGTERM/SIGINT while it started: stopped as asked
+        return 0
 
 
 if __name__ == "__main__":

@@ -22,12 +22,23 @@ HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 _early: collections.deque[int] = collections.deque()
 
 
+STOPS = (signal.SIGTERM, signal.SIGINT)
+
+
 def record_early() -> None:
     """From the daemon's first moment, record the signals its supervisor will act on, so
-    that one sent while it starts (imports, config, app) is not fatal: the supervisor's
-    table takes them over when it is installed. Main thread only."""
+    that one sent while it starts (imports, config, app, migration) is not fatal: the
+    supervisor's table takes them over when it is installed. A second SIGTERM or SIGINT
+    before then stops a start that is stuck (a migration waiting for a lock) at once,
+    with KeyboardInterrupt. Main thread only."""
     for signum in HANDLED:
-        signal.signal(signum, lambda signum, _frame: _early.append(signum))
+        signal.signal(signum, _record_early)
+
+
+def _record_early(signum: int, _frame: FrameType | None) -> None:
+    if signum in STOPS and any(earlier in STOPS for earlier in _early):
+        raise KeyboardInterrupt
+    _early.append(signum)
 
 
 class Wakeup:
