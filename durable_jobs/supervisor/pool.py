@@ -105,6 +105,9 @@ class Pool:
         self.last_boot_error: str = ""
 
     def spawn(self, queue: str) -> Actor:
+        """Start an actor. Only ever from the supervisor's own thread: on Linux the kernel
+        kills an actor when the thread that started it ends (``PR_SET_PDEATHSIG``, see
+        ``actors.actor.die_with_supervisor``), and that thread outlives every actor."""
         self._counter += 1
         actor_id = f"{queue}-{self._counter}"
         proc = subprocess.Popen(
