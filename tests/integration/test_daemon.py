@@ -136,6 +136,17 @@ def test_an_actor_stuck_in_c_code_dies_with_its_killed_supervisor(
                message=f"actor {stuck}, stuck holding the GIL, to die with its supervisor")
 
 
+def importing_daemon(db_url: str, tmp_path: Path, processes: Any, seconds: float) -> Daemon:
+    """A daemon whose app takes ``seconds`` to import, once it has begun importing it."""
+    config = write_config(tmp_path / "jobs.toml", db_url,
+                          app="tests.integration.apps.slow_app:queue", supervisor=FAST)
+    mark = tmp_path / "importing"
+    daemon = Daemon(processes, config, "daemon",
+                    env={"SLOW_APP_MARK": str(mark), "SLOW_APP_DELAY": str(seconds)})
+    wait_until(mark.exists, timeout=20, message="the daemon to import its app")
+    return daemon
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("signals", [["SIGTERM"], ["SIGINT"], ["SIGUSR1", "SIGTERM"],
                                      ["SIGUSR2", "SIGTERM"]])
@@ -143,12 +154,7 @@ def test_a_signal_while_the_daemon_starts_is_acted_on_once_it_runs(
         db_url: str, tmp_path: Path, processes: Any, signals: list[str]) -> None:
     """Sent while the app still imports: SIGTERM/SIGINT stop it with status 0, SIGUSR1 pauses
     it (they used to kill it: status -15, -2, -10)."""
-    config = write_config(tmp_path / "jobs.toml", db_url,
-                          app="tests.integration.apps.slow_app:queue", supervisor=FAST)
-    mark = tmp_path / "importing"
-    daemon = Daemon(processes, config, "daemon",
-                    env={"SLOW_APP_MARK": str(mark), "SLOW_APP_DELAY": "1.5"})
-    wait_until(mark.exists, timeout=20, message="the daemon to import its app")
+    daemon = importing_daemon(db_url, tmp_path, processes, seconds=1.5)
     first, *then = (getattr(signal, name) for name in signals)
     os.kill(daemon.pid, first)
     if then:
@@ -167,12 +173,7 @@ def test_a_second_stop_signal_ends_a_stuck_start_at_once(
     """The first is kept for when the supervisor runs; a second one while the start is
     still stuck (here a 60 s app import) stops it then, with status 0. (Two different
     signals: the kernel merges a signal sent twice before the process takes it.)"""
-    config = write_config(tmp_path / "jobs.toml", db_url,
-                          app="tests.integration.apps.slow_app:queue", supervisor=FAST)
-    mark = tmp_path / "importing"
-    daemon = Daemon(processes, config, "daemon",
-                    env={"SLOW_APP_MARK": str(mark), "SLOW_APP_DELAY": "60"})
-    wait_until(mark.exists, timeout=20, message="the daemon to import its app")
+    daemon = importing_daemon(db_url, tmp_path, processes, seconds=60)
     os.kill(daemon.pid, getattr(signal, stops[0]))  # kept (the test above shows it is)
     sent = time.monotonic()
     os.kill(daemon.pid, getattr(signal, stops[1]))

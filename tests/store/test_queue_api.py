@@ -291,41 +291,43 @@ def test_enqueue_in_the_callers_transaction(db_url: str, store: jobs.Store,
         engine.dispose()
 
 
+def drained(events: Any) -> list[str]:
+    """The job ids of the events a subscription has now (none comes within 50 ms after)."""
+    import queue as stdlib_queue
+
+    seen = []
+    while True:
+        try:
+            seen.append(events.get(timeout=0.05).job_id)
+        except stdlib_queue.Empty:
+            return seen
+
+
 def test_jobenqueued_waits_for_the_callers_commit(db_url: str, queue: jobs.Queue) -> None:
     """A job enqueued in the caller's transaction is announced when it commits, never when
     it rolls back (it used to be announced at once, commit or not)."""
-    import queue as stdlib_queue
-
     engine = create_engine(db_url)
     events = queue.events()
-
-    def announced() -> list[str]:
-        seen = []
-        while True:
-            try:
-                seen.append(events.get(timeout=0.05).job_id)
-            except stdlib_queue.Empty:
-                return seen
 
     try:
         with engine.connect() as conn:
             tx = conn.begin()
             dropped = [queue.enqueue("a", connection=conn),
                        *queue.enqueue_many([jobs.Sub("a"), jobs.Sub("b")], connection=conn)]
-            assert announced() == []
+            assert drained(events) == []
             tx.rollback()
-            assert announced() == []
+            assert drained(events) == []
             with conn.begin():
                 kept = [queue.enqueue("a", connection=conn),
                         *queue.enqueue_many([jobs.Sub("c")], connection=conn)]
-                assert announced() == []
-            assert announced() == kept
+                assert drained(events) == []
+            assert drained(events) == kept
             conn.execute(text("SELECT 1"))
             conn.commit()  # a later transaction of the same connection announces nothing
-            assert announced() == []
+            assert drained(events) == []
         assert not set(dropped) & set(kept)
         now = queue.enqueue("a")
-        assert announced() == [now]  # without a connection: at once
+        assert drained(events) == [now]  # without a connection: at once
     finally:
         queue.unsubscribe(events)
         engine.dispose()
@@ -333,18 +335,8 @@ def test_jobenqueued_waits_for_the_callers_commit(db_url: str, queue: jobs.Queue
 
 def test_jobenqueued_forgets_what_a_rolled_back_savepoint_made(db_url: str,
                                                                 queue: jobs.Queue) -> None:
-    import queue as stdlib_queue
-
     engine = create_engine(db_url)
     events = queue.events()
-
-    def announced() -> list[str]:
-        seen = []
-        while True:
-            try:
-                seen.append(events.get(timeout=0.05).job_id)
-            except stdlib_queue.Empty:
-                return seen
 
     try:
         with engine.connect() as conn:
@@ -356,13 +348,13 @@ def test_jobenqueued_forgets_what_a_rolled_back_savepoint_made(db_url: str,
                 kept = conn.begin_nested()
                 released = queue.enqueue("c", connection=conn)
                 kept.commit()  # RELEASE SAVEPOINT: waits for the transaction
-            assert announced() == [outer, released]
+            assert drained(events) == [outer, released]
             with conn.begin():  # a savepoint begun before the first enqueue in it
                 inner = conn.begin_nested()
                 queue.enqueue("d", connection=conn)
                 inner.rollback()
                 after = queue.enqueue("e", connection=conn)
-            assert announced() == [after]
+            assert drained(events) == [after]
     finally:
         queue.unsubscribe(events)
         engine.dispose()
