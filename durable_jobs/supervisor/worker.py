@@ -108,10 +108,7 @@ class Worker:
 
 def _retention(value: float | timedelta | None) -> float | None:
     """Seconds to keep finished jobs; None keeps them for good."""
-    seconds = to_seconds(value, "retention")
-    if seconds == 0:
-        raise InvalidOptionError("retention must be > 0 seconds (or None: keep jobs)")
-    return seconds
+    return None if value is None else _interval(value, "retention")
 
 
 def _seconds(value: float | timedelta, what: str) -> float:
