@@ -29,9 +29,10 @@ from durable_jobs.engine.errors import (
     NoRetry,
     PayloadTooLargeError,
     RetryAfter,
+    message_of,
 )
 from durable_jobs.engine.options import encode_json
-from durable_jobs.engine.redact import redact
+from durable_jobs.engine.redact import redact_for_storage
 from durable_jobs.engine.registry import Registry
 from durable_jobs.protocol import Lease, Outcome
 
@@ -51,7 +52,7 @@ def error_type(exc: BaseException) -> str:
 
 def job_error(exc: BaseException, with_traceback: bool = True) -> JobError:
     text = "".join(traceback.format_exception(exc)) if with_traceback else ""
-    return JobError(error_type(exc), redact(str(exc)), redact(text))
+    return JobError(error_type(exc), redact_for_storage(message_of(exc)), redact_for_storage(text))
 
 
 def rss_mb() -> float:

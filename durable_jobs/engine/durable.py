@@ -34,6 +34,7 @@ from durable_jobs.engine.errors import (
     NonDeterminismError,
     NoRetry,
     PayloadTooLargeError,
+    message_of,
 )
 from durable_jobs.engine.fanout import (
     CollectAll,
@@ -51,6 +52,7 @@ from durable_jobs.engine.options import (
     encode_json,
     to_seconds,
 )
+from durable_jobs.engine.redact import redact_for_storage
 from durable_jobs.engine.registry import Handler, Registry, coerce_args
 
 FAN_OUT_STEP = "<fan-out>"
@@ -187,7 +189,7 @@ def call(name: str, args: Any = None) -> Any:
     try:
         value = run_handler(handler, as_json(args))
     except NoRetry as exc:
-        error = JobError(type(exc).__name__, str(exc))
+        error = JobError(type(exc).__name__, redact_for_storage(message_of(exc)))
         execution.runtime.checkpoint(position, name, "failed", None,
                                      json.dumps(error.to_json()),
                                      execution.position - position - 1)

@@ -33,6 +33,15 @@ class JobError:
         return cls(str(data["type"]), str(data["message"]), str(data.get("traceback", "")))
 
 
+def message_of(exc: BaseException) -> str:
+    """``str(exc)``, or a note saying it failed: an exception whose ``__str__`` raises must
+    still be reported (with its type and traceback), not take its reporter down."""
+    try:
+        return str(exc)
+    except BaseException as failure:  # noqa: BLE001 - whatever user code raises
+        return f"<str() of the exception failed: {type(failure).__name__}>"
+
+
 class DurableJobsError(Exception):
     """Root of every error the library raises."""
 

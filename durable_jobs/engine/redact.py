@@ -1,33 +1,87 @@
-"""Redact secrets from error messages and tracebacks before they are stored."""
+"""Redact secrets from error messages and tracebacks before they are stored.
+
+Every pattern is anchored at a fixed word (a URL scheme's ``://``, ``password``,
+``bearer`` ...), and every repeat in it is bounded but the secret's own, which ends it, so
+the time taken grows with the length of the text, not with its square: an error message of
+megabytes without a space in it (a hex dump) must not keep an actor busy, let alone get it
+killed for silence.
+"""
 
 from __future__ import annotations
 
 import re
 
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+:)[^@\s]+@")
-_VALUE = r"(?P<value>[^\s'\",;&)}\]]+)"
+# scheme://user:password@host -- the user may be empty (redis://:pw@host); the password runs
+# to the last "@" before the host, as URL parsers read it (app:p@ss@db), or else to the
+# first "@" (a password holding "/", "?" or "#": app:ab/cd@db).
+_URL_PASSWORD = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^:/@\s]{0,256}:)"
+    r"(?:[^\s/?#]{1,256}@|[^\s@]{1,256}@)")
+_KEYWORD = r"(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|credentials?)"
+_ASSIGN = r"[\w-]{0,64}['\"]?\s{0,8}[:=]\s{0,8}"
+# A value is the last thing in its pattern and unbounded: however long, it is masked whole,
+# and a greedy run at a pattern's end never backtracks.
+_BARE = r"[^\s'\",;&)}\]]+"
+# A quoted value to its closing quote (it may hold spaces), or a bare one to a separator.
 _KEY_VALUE = re.compile(
-    r"(?i)(?P<key>\b[\w-]*(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|"
-    r"credentials?)[\w-]*\b['\"]?\s*[:=]\s*['\"]?)" + _VALUE
-)
+    rf"(?i)(?P<key>{_KEYWORD}{_ASSIGN})"
+    rf"(?:'(?P<single>[^'\r\n]+)'|\"(?P<double>[^\"\r\n]+)\"|(?P<open>['\"]?)(?P<value>{_BARE}))")
 # An Authorization header's credential, after its scheme if it has one.
+_SCHEME = r"(?:bearer|basic|digest|token|negotiate|ntlm)\s{1,8}"
 _AUTHORIZATION = re.compile(
-    r"(?i)(?P<key>\b[\w-]*authorization[\w-]*\b['\"]?\s*[:=]\s*['\"]?)"
-    r"(?P<scheme>(?:bearer|basic|digest|token|negotiate|ntlm)\s+)?" + _VALUE
-)
+    rf"(?i)(?P<key>authorization{_ASSIGN})"
+    rf"(?:(?P<quote>['\"])(?P<qscheme>{_SCHEME})?[^'\"\r\n]+(?P=quote)"
+    rf"|(?P<open>['\"]?)(?P<scheme>{_SCHEME})?{_BARE})")
 # A bearer token wherever it appears ("Bearer eyJ..."): 8 characters or more, with a digit
 # or a symbol among them, so that "the bearer instrument" is left alone. (Basic and Digest
 # credentials are masked after an Authorization key only: "basic" is a common word.)
 _BEARER = re.compile(
-    r"(?i)(?P<scheme>\bbearer\s+)(?=[A-Za-z]*[0-9._~+/=-])(?P<value>[A-Za-z0-9._~+/=-]{8,})")
+    r"(?i)(?P<scheme>\bbearer\s{1,8})(?=[A-Za-z]*[0-9._~+/=-])[A-Za-z0-9._~+/=-]{8,}")
 MASK = "***"
+# What an error keeps of a message or a traceback: its first and last characters. A message
+# of megabytes (a payload dumped into an exception) would otherwise be stored, sent and
+# redacted whole at every attempt.
+KEEP_HEAD = 48 * 1024
+KEEP_TAIL = 16 * 1024
+_MARGIN = 8 * 1024  # redacted beyond the cut, so that a secret across it is masked whole
+
+
+def _masked_header(match: re.Match[str]) -> str:
+    key, quote = match.group("key"), match.group("quote")
+    if quote is not None:
+        return f"{key}{quote}{match.group('qscheme') or ''}{MASK}{quote}"
+    return f"{key}{match.group('open')}{match.group('scheme') or ''}{MASK}"
+
+
+def _masked_value(match: re.Match[str]) -> str:
+    key = match.group("key")
+    if match.group("single") is not None:
+        return f"{key}'{MASK}'"
+    if match.group("double") is not None:
+        return f'{key}"{MASK}"'
+    return f"{key}{match.group('open')}{MASK}"
 
 
 def redact(text: str) -> str:
-    """Mask passwords in URLs, values of secret-looking keys (``password=``, ``token:``),
-    the credential of an Authorization header (``Authorization: Basic ***``) and bearer
-    tokens."""
+    """Mask passwords in URLs, values of secret-looking keys (``password=``, ``token:``,
+    quoted values whole), the credential of an Authorization header (``Authorization:
+    Basic ***``) and bearer tokens."""
     text = _URL_PASSWORD.sub(lambda m: f"{m.group('scheme')}{MASK}@", text)
-    text = _AUTHORIZATION.sub(lambda m: f"{m.group('key')}{m.group('scheme') or ''}{MASK}", text)
-    text = _KEY_VALUE.sub(lambda m: f"{m.group('key')}{MASK}", text)
+    text = _AUTHORIZATION.sub(_masked_header, text)
+    text = _KEY_VALUE.sub(_masked_value, text)
     return _BEARER.sub(lambda m: f"{m.group('scheme')}{MASK}", text)
+
+
+def redact_for_storage(text: str) -> str:
+    """``redact(text)``, cut to its first ``KEEP_HEAD`` and last ``KEEP_TAIL`` characters
+    (with a note of how many were cut between them) when it is longer than both."""
+    if len(text) <= KEEP_HEAD + KEEP_TAIL:
+        return redact(text)
+    cut = len(text) - KEEP_HEAD - KEEP_TAIL
+    # Each part is redacted with a margin beyond its cut, where a secret may be split, and
+    # the margin is dropped: measured on the redacted text, which masks made shorter.
+    head = redact(text[:KEEP_HEAD + _MARGIN])
+    head = head[:min(KEEP_HEAD, len(head) - _MARGIN)]
+    tail = redact(text[-(KEEP_TAIL + _MARGIN):])
+    tail = tail[max(len(tail) - KEEP_TAIL, _MARGIN):]
+    return f"{head}\n[... {cut:,} characters cut ...]\n{tail}"

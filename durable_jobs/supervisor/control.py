@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from durable_jobs import protocol as p
 from durable_jobs.engine import events as ev
-from durable_jobs.engine.errors import JobError
+from durable_jobs.engine.errors import JobError, message_of
 from durable_jobs.engine.job import PauseMode
 from durable_jobs.engine.outcomes import Fail, Failed
+from durable_jobs.engine.redact import redact_for_storage
 from durable_jobs.store.leases import Release
 from durable_jobs.supervisor.pool import Actor, ActorState, exit_description
 
@@ -84,9 +85,11 @@ class Control:
         """A flush failed for a reason a retry cannot fix: fail the jobs whose fan-out was in
         it (the likely cause), so the next flush can go through."""
         for job, _spec in self.dispatcher.suspends:
-            log.error("fan-out of job %s could not be stored: %s", job.job_id, error)
+            # The driver's message may quote the sub-jobs' args: stored redacted, cut short.
+            message = redact_for_storage(message_of(error))
+            log.error("fan-out of job %s could not be stored: %s", job.job_id, message)
             self.dispatcher.add_write(job, Fail(JobError(
-                type(error).__name__, f"the fan-out could not be stored: {error}")))
+                type(error).__name__, f"the fan-out could not be stored: {message}")))
         self.dispatcher.suspends = []
 
     def flush_all(self) -> None:
