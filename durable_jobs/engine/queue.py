@@ -294,10 +294,11 @@ class Queue:
             if not any(r.id == job_id for r in cancelled):  # it finished meanwhile
                 raise InvalidStateError(job_id, job_rows.get_status(conn, job_id).status,
                                         "cancel")
-            if fanouts.settle(conn, store.dialect, ((r.fan_out_id, False) for r in cancelled),
-                              time.time()):
-                store.dialect.notify(conn)
-            return cancelled
+            with fanouts.collecting_cancelled() as siblings:  # a fan-out decided by this
+                if fanouts.settle(conn, store.dialect,
+                                  ((r.fan_out_id, False) for r in cancelled), time.time()):
+                    store.dialect.notify(conn)
+            return cancelled + siblings
 
         cancelled = self._write(cancel)
         for r in cancelled:

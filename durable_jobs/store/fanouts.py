@@ -8,9 +8,11 @@ deadline duty (:func:`expire`) decides fan-outs whose deadline passed.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from sqlalchemy import Connection, func, literal_column, select, update
@@ -23,6 +25,26 @@ from durable_jobs.store.schema import fan_outs, jobs, steps
 
 UNFINISHED = JobError("Unfinished", "the sub-job had not finished when the fan-out was decided")
 CANCELLED = JobError("Cancelled", "the sub-job was cancelled")
+
+
+# The sub-jobs that deciding a fan-out cancelled (timed out, or failed with
+# cancel_on_parent_failure), deep inside a transaction: collected for whoever runs it, who
+# publishes their JobCancelled once it commits.
+_cancelled: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "durable_jobs_cancelled_sub_jobs", default=None)
+
+
+@contextlib.contextmanager
+def collecting_cancelled() -> Iterator[list[Any]]:
+    """Rows (id, name, queue, ...) of the sub-jobs that fan-out decisions cancel in the
+    block. Open it inside the transaction's retry loop: a transaction that rolls back
+    cancelled nothing."""
+    rows: list[Any] = []
+    token = _cancelled.set(rows)
+    try:
+        yield rows
+    finally:
+        _cancelled.reset(token)
 
 
 def create(conn: Connection, row: dict[str, Any]) -> None:
@@ -112,11 +134,9 @@ def _store_step(conn: Connection, fan_out: Any, verdict: str,
     if verdict == "succeeded":
         status, result, error = "completed", results, None
     else:
-        failed = sum(1 for _value, err in entries if err is not None)
         kind = "FanOutTimeoutError" if verdict == "timed_out" else "FanOutFailedError"
-        message = (f"fan-out timed out with {failed} of {fan_out.total} sub-jobs unfinished "
-                   f"or failed" if verdict == "timed_out"
-                   else f"fan-out failed: {failed} of {fan_out.total} sub-jobs did not succeed")
+        message = (f"fan-out timed out: {_tally(entries)}" if verdict == "timed_out"
+                   else f"fan-out failed: {_tally(entries)}")
         status, result = "failed", None
         error = (f'{{"type": {json.dumps(kind)}, "message": {json.dumps(message)}, '
                  f'"results": {results}}}')
@@ -125,6 +145,14 @@ def _store_step(conn: Connection, fan_out: Any, verdict: str,
                                        error=error, span=0, created_at=now))
     conn.execute(update(jobs).where(jobs.c.id == fan_out.parent_id)
                  .values(checkpoints=jobs.c.checkpoints + 1))
+
+
+def _tally(entries: list[tuple[str, str | None]]) -> str:
+    """"1 failed, 2 unfinished of 10 sub-jobs": what kept a fan-out from succeeding."""
+    counts = Counter("unfinished" if err == _UNFINISHED else "cancelled" if err == _CANCELLED
+                     else "failed" for _value, err in entries if err is not None)
+    parts = [f"{counts[k]} {k}" for k in ("failed", "cancelled", "unfinished") if counts[k]]
+    return f"{', '.join(parts) or 'none failed'} of {len(entries)} sub-jobs"
 
 
 def _wake_parent(conn: Connection, parent_id: str, now: float) -> list[str]:
@@ -153,6 +181,9 @@ def cancel_children(conn: Connection, dialect: Dialect, fan_out_id: str, now: fl
     for child in children:
         ids.extend(subtree(conn, child))
     cancelled = cancel_ids(conn, dialect, ids)
+    sink = _cancelled.get()
+    if sink is not None:
+        sink.extend(cancelled)
     settle(conn, dialect, ((r.fan_out_id, False) for r in cancelled), now)
 
 

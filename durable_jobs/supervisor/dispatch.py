@@ -24,8 +24,8 @@ from durable_jobs.engine.outcomes import Complete, Fail, Retry
 from durable_jobs.engine.registry import Registry
 from durable_jobs.engine.rows import collector_paused, new_ids
 from durable_jobs.protocol import Checkpoint
+from durable_jobs.store import fanouts, leases
 from durable_jobs.store import jobs as job_rows
-from durable_jobs.store import leases
 from durable_jobs.store.leases import Release, Write
 from durable_jobs.store.store import Store
 from durable_jobs.supervisor.pool import Running
@@ -51,6 +51,8 @@ class Flushed:
     enqueued: list[tuple[Any, ...]] = field(default_factory=list)  # sub-job rows inserted
     claimed: dict[str, int] = field(default_factory=dict)
     requested: dict[str, int] = field(default_factory=dict)
+    #: Sub-jobs that a fan-out decided here cancelled (rows with id, name, queue).
+    cancelled: list[Any] = field(default_factory=list)
     #: Some write made a job claimable at once (released, retried without backoff, or a
     #: fan-out's sub-jobs inserted). A claim in the same statement cannot see it
     #: (PostgreSQL: one snapshot), none may have been wanted in this flush, and our own
@@ -135,7 +137,7 @@ class Dispatcher:
             return done
         if not (checkpoints or suspends) and _one_pass(writes):
             return self._flush_one_pass(writes, want, now)
-        with store.write() as conn:
+        with fanouts.collecting_cancelled() as done.cancelled, store.write() as conn:
             accepted = leases.save_checkpoints(conn, store.dialect, self.owner, rows, now)
             done.acks = _acks(checkpoints, accepted)
             applied = leases.finish(conn, store.dialect, self.owner,
@@ -181,7 +183,7 @@ class Dispatcher:
         items = [(job.job_id, job.token, write) for job, write in writes]
         if any(job.row.fan_out_id is not None for job, _write in writes):
             # Sub-jobs of a fan-out: its counters move in the same transaction.
-            with store.write() as conn:
+            with fanouts.collecting_cancelled() as done.cancelled, store.write() as conn:
                 driver = conn.connection.driver_connection
                 applied, claimed = leases.finish_and_claim(
                     driver, store.dialect, self.owner, items, want, self.names,

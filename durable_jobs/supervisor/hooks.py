@@ -42,7 +42,7 @@ class Hooks:
         for hook in self.hooks[kind]:
             try:
                 hook(*args)
-            except Exception:  # noqa: BLE001 - user hook: log and run the others
+            except (Exception, SystemExit):  # noqa: BLE001 - user hook: log, run the others
                 log.exception("on_%s hook %r raised", kind, getattr(hook, "__name__", hook))
 
     def enqueued(self, rows: list[tuple[Any, ...]]) -> None:
@@ -50,6 +50,11 @@ class Hooks:
         ``rows`` are in ``INSERT_COLUMNS`` order: id, name, queue first."""
         for row in rows:
             self.bus.publish(ev.JobEnqueued(row[0], row[1], row[2]))
+
+    def cancelled(self, rows: list[Any]) -> None:
+        """JobCancelled for sub-jobs that a fan-out's decision cancelled here."""
+        for row in rows:
+            self.bus.publish(ev.JobCancelled(row.id, row.name, row.queue))
 
     def started(self, job: Running) -> None:
         if not self.wanted:

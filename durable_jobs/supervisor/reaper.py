@@ -35,10 +35,11 @@ class Reaper:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.reclaimed: list[tuple[Any, leases.Write]] = []  # rows (before) and their writes
+        self.cancelled: list[Any] = []  # sub-jobs cancelled by fan-outs decided here
 
     def run_once(self, now: float) -> ReaperCounts:
         store = self.store
-        with store.write() as conn:
+        with fanouts.collecting_cancelled() as cancelled, store.write() as conn:
             items = leases.reclaim_expired(conn, store.dialect, now)
             expired = fanouts.expire(conn, store.dialect, now)
             resumed = fanouts.recheck(conn, store.dialect, now)
@@ -48,6 +49,7 @@ class Reaper:
             supervisor_rows.remove_stale(conn, store.dialect, STALE_SUPERVISOR)
         failed = sum(1 for _, write in items if isinstance(write, leases.Fail))
         self.reclaimed = items
+        self.cancelled = cancelled
         for row, write in items:
             log.warning("JobReclaimed: job %s (%s) from dead supervisor %s -> %s", row.id,
                         row.name, row.lease_owner, type(write).__name__.lower())

@@ -128,6 +128,20 @@ def statuses(store: jobs.Store, parent_id: str) -> list[str]:
     return [row.status for row in children(store, parent_id)]
 
 
+def cancelled_events(events: Any) -> list[str]:
+    """Ids of the JobCancelled events a subscription holds now (none comes within 50 ms)."""
+    import queue as stdlib_queue
+
+    seen = []
+    while True:
+        try:
+            event = events.get(timeout=0.05)
+        except stdlib_queue.Empty:
+            return seen
+        if isinstance(event, jobs.JobCancelled):
+            seen.append(event.job_id)
+
+
 def open_gate(tmp_path: Path, name: str = "gate") -> None:
     (tmp_path / name).touch()
 
@@ -175,6 +189,7 @@ def test_fail_fast_first_failure_decides_early(queue: jobs.Queue, tmp_path: Path
     subs = [{"i": 0, "fail": True, "gate": "fail-gate"}, {"i": 1, "gate": "gate"},
             {"i": 2, "gate": "gate"}]
     options = {**NO_RETRY, "cancel_on_parent_failure": cancel}
+    events = queue.events()
     with queue.worker({"default": 3}, **FAST):
         job_id = queue.enqueue("parent", {**base, "subs": subs, "options": options,
                                           "catch": True})
@@ -188,6 +203,8 @@ def test_fail_fast_first_failure_decides_early(queue: jobs.Queue, tmp_path: Path
         assert all("not finished" in message for message in result["unfinished"])
         if cancel:
             assert statuses(queue.store, job_id) == ["failed", "cancelled", "cancelled"]
+            kids = [k.id for k in children(queue.store, job_id)]
+            assert sorted(cancelled_events(events)) == sorted(kids[1:])  # API.md §11
             for pid in (pids[1][0], pids[2][0]):
                 wait_until(lambda pid=pid: not alive(pid), timeout=10,
                            message=f"the actor of a cancelled sub-job (pid {pid}) to be killed")
@@ -265,6 +282,7 @@ def test_fan_out_timeout_raises_and_cancels_what_is_unfinished(queue: jobs.Queue
     # The sub-jobs run on their own queue, so the parents' actors are free when they resume.
     subs = [{"i": i, "gate": "gate"} for i in range(2)]
     spec = {**base, "subs": subs, "options": {"timeout": 1, "queue": "batch"}}
+    events = queue.events()
     with queue.worker({"default": 2, "batch": 2}, **FAST):
         uncaught = queue.enqueue("parent", spec)
         caught = queue.enqueue("parent", {**spec, "catch": True})
@@ -287,9 +305,12 @@ def test_fan_out_timeout_raises_and_cancels_what_is_unfinished(queue: jobs.Queue
     assert result["raised"] == "FanOutTimeoutError"
     assert [r[2] for r in result["results"]] == ["Unfinished", "Unfinished"]
     assert queue.get(caught).status is jobs.Status.COMPLETED
+    every_kid = []
     for parent_id in (uncaught, caught):
         kids = children(queue.store, parent_id)
         assert [(k.status, k.queue) for k in kids] == [("cancelled", "batch")] * 2
+        every_kid += [k.id for k in kids]
+    assert sorted(cancelled_events(events)) == sorted(every_kid)  # API.md §11
     assert pids and done(base["log"]) == []
 
 

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import pickle
+import sys
 import threading
 import time
 import uuid
@@ -84,6 +85,25 @@ def rate_limited(args: dict) -> str:
 def always_broken(args: dict) -> None:
     append(args["path"], "ran")
     raise ValueError(f"bad value {args['value']}")
+
+
+class Unprintable(Exception):
+    """An exception whose ``__str__`` itself raises."""
+
+    def __str__(self) -> str:
+        raise AttributeError("no message here")
+
+
+def raises_unprintable(args: Any) -> int:
+    append(args["path"], str(os.getpid()))
+    raise Unprintable()
+
+
+def raises_a_dump(args: Any) -> None:
+    """A 200 KB message of hex without a space: redaction used to take minutes of it."""
+    append(args["path"], str(os.getpid()))
+    raise ValueError("bad checksum for blob " + os.urandom(100_000).hex()
+                     + " at postgresql://app:hunter2@db/x")
 
 
 HOG: list[bytes] = []
@@ -274,6 +294,59 @@ def test_retries_backoff_noretry_retryafter(queue: jobs.Queue, tmp_path: Path) -
     assert (error.type, error.message) == ("ValueError", "bad value 42")
     assert "Traceback" in error.traceback and "always_broken" in error.traceback
     assert "ValueError: bad value 42" in error.traceback
+
+
+@pytest.mark.timeout(60)
+def test_errors_that_are_hard_to_store_are_stored(queue: jobs.Queue, tmp_path: Path) -> None:
+    """An exception whose ``__str__`` raises, and a message of 200 KB: each is stored as
+    the handler's error (type, message, traceback), retried with backoff, and the actor
+    that ran it lives on. Both used to kill the actor, and the job failed as ActorExited."""
+    log = tmp_path / "pids.log"
+    queue.register("unprintable", raises_unprintable, retries=1, max_backoff=0.05)
+    queue.register("dump", raises_a_dump, retries=0)
+    with queue.worker({"default": 1}, poll_interval=0.1):
+        unprintable = queue.enqueue("unprintable", {"path": str(log)})
+        with pytest.raises(jobs.JobFailedError) as info:
+            queue.result(unprintable, timeout=30)
+        dump = queue.enqueue("dump", {"path": str(log)})
+        with pytest.raises(jobs.JobFailedError) as dumped:
+            queue.result(dump, timeout=30)
+    error = info.value.error
+    assert error.type == f"{__name__}.Unprintable"
+    assert error.message == "<str() of the exception failed: AttributeError>"
+    assert "raises_unprintable" in error.traceback
+    assert queue.get(unprintable).attempt == 2
+    error = dumped.value.error
+    assert error.type == "ValueError" and error.message.startswith("bad checksum for blob ")
+    assert "characters cut" in error.message and "characters cut" in error.traceback
+    assert error.message.endswith("at postgresql://app:***@db/x")
+    assert len(error.message) < 70_000 and len(error.traceback) < 70_000
+    assert len(set(lines(log))) == 1, "an actor died on the way"
+
+
+@pytest.mark.timeout(40)
+def test_a_hook_that_calls_sys_exit_is_logged_and_the_worker_goes_on(
+        queue: jobs.Queue, caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[str] = []
+
+    @queue.on_job_complete
+    def exits(job: jobs.Job) -> None:
+        sys.exit(3)
+
+    @queue.on_job_complete
+    def records(job: jobs.Job) -> None:
+        seen.append(job.id)
+
+    queue.register("whoami", whoami)
+    with caplog.at_level(logging.ERROR, logger="durable_jobs.hooks"), \
+            queue.worker({"default": 1}, poll_interval=0.1) as worker:
+        first = queue.enqueue("whoami")
+        queue.result(first, timeout=15)
+        second = queue.enqueue("whoami")
+        queue.result(second, timeout=15)
+        assert worker.running
+    wait_until(lambda: seen == [first, second], timeout=5, message="the other hook to run")
+    assert "on_complete hook 'exits' raised" in caplog.text
 
 
 # -- 6. recycling actors --------------------------------------------------------------------

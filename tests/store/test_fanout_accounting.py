@@ -347,6 +347,37 @@ def test_cancel_parent_cancels_its_subtree(store: jobs.Store, queue: jobs.Queue)
     assert queue.get(parent).finished_at is not None
 
 
+def test_fail_fast_cancels_are_collected_for_their_events(store: jobs.Store,
+                                                          queue: jobs.Queue) -> None:
+    """The sub-jobs a decision cancels deep in a flush are handed to whoever runs the
+    transaction (the supervisor publishes their JobCancelled), and the step's message
+    says what kept the fan-out from succeeding."""
+    parent = running_parent(store, queue)
+    _, _, subs = suspend(store, parent, [1, 2, 3, 4], strategy="fail_fast",
+                         cancel_on_parent_failure=True)
+    claim_subs(store, subs)
+    with fanouts.collecting_cancelled() as cancelled:
+        finish(store, "w2", [(subs[0], Fail(ERR))])
+    assert sorted(r.id for r in cancelled) == sorted(subs[1:])
+    assert {(r.name, r.queue) for r in cancelled} == {("sub", "default")}
+    (step,) = parent_steps(store, parent)
+    message = json.loads(step.error)["message"]
+    assert message == "fan-out failed: 1 failed, 3 unfinished of 4 sub-jobs"
+
+
+def test_cancel_of_a_sub_job_announces_the_siblings_it_cancels(store: jobs.Store,
+                                                               queue: jobs.Queue) -> None:
+    parent = running_parent(store, queue)
+    _, _, subs = suspend(store, parent, [1, 2, 3], strategy="fail_fast",
+                         cancel_on_parent_failure=True)
+    events = queue.events()
+    queue.cancel(subs[0])  # FailFast: cancelled counts as failed, and decides
+    queue.unsubscribe(events)  # (published before cancel() returned; this ends the list)
+    seen = [e.job_id for e in events if isinstance(e, jobs.JobCancelled)]
+    assert sorted(seen) == sorted(subs)
+    assert [status(queue, s) for s in subs] == ["cancelled"] * 3
+
+
 def test_cancel_sub_job_counts_as_failure(store: jobs.Store, queue: jobs.Queue) -> None:
     parent = running_parent(store, queue)
     _, fan_out_id, subs = suspend(store, parent, [0, 1])
