@@ -28,6 +28,7 @@ DEFAULT_RETRIES = 3
 DEFAULT_QUEUE = "default"
 DEFAULT_MAX_BACKOFF = 3600.0
 MAX_EPOCH = 253402300799.0  # 9999-12-31 23:59:59 UTC: the last second a datetime holds
+MIN_EPOCH = -62135596800.0  # 0001-01-01 00:00:00 UTC: the first
 INT_LIMIT = 2**31  # priorities and attempt counts are 32-bit integers in the database
 
 
@@ -35,6 +36,8 @@ def check_when(when: float, what: str) -> float:
     """``when`` (epoch seconds) if a job's times can hold it."""
     if when > MAX_EPOCH:
         raise InvalidOptionError(f"{what} puts the job after the year 9999")
+    if when < MIN_EPOCH:
+        raise InvalidOptionError(f"{what} puts the job before the year 1")
     return when
 
 
@@ -133,9 +136,14 @@ def to_seconds(value: float | int | timedelta | None, what: str) -> float | None
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
         raise InvalidOptionTypeError(
             f"{what} must be seconds or a timedelta, got {type(value).__name__}")
+    try:
+        seconds = float(seconds)
+    except OverflowError:  # an int beyond any float
+        raise InvalidOptionError(f"{what} must be a finite number >= 0, got an int of "
+                                 f"{int(seconds).bit_length()} bits") from None
     if seconds < 0 or not math.isfinite(seconds):
         raise InvalidOptionError(f"{what} must be a finite number >= 0, got {seconds}")
-    return float(seconds)
+    return seconds
 
 
 def to_epoch(value: datetime) -> float:
@@ -144,7 +152,10 @@ def to_epoch(value: datetime) -> float:
         raise InvalidOptionTypeError(f"run_at must be a datetime, got {type(value).__name__}")
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.timestamp()
+    try:
+        return value.timestamp()
+    except (OverflowError, ValueError):  # datetime(1, 1, 1, tzinfo=+05:00) is in the year 0
+        raise InvalidOptionError(f"run_at {value} is before the year 1") from None
 
 
 @dataclass(frozen=True)
@@ -161,6 +172,13 @@ class HandlerOptions:
         validate_options(self.retries, self.timeout, self.queue, self.priority, self.max_backoff)
 
 
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond any float
+        return False
+
+
 def validate_options(
     retries: int | None,
     timeout: float | None,
@@ -169,8 +187,9 @@ def validate_options(
     max_backoff: float | None,
 ) -> None:
     """Raise a clear error for an option of the wrong type or range."""
-    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int)
-                                or not 0 <= retries < INT_LIMIT - 1):
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int)):
+        raise InvalidOptionTypeError(f"retries must be an int, got {retries!r}")
+    if retries is not None and not 0 <= retries < INT_LIMIT - 1:
         raise InvalidOptionError(
             f"retries must be an int from 0 to {INT_LIMIT - 2}, got {retries!r}")
     if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
@@ -178,14 +197,15 @@ def validate_options(
     if priority is not None and not -INT_LIMIT <= priority < INT_LIMIT:
         raise InvalidOptionError(
             f"priority must be from {-INT_LIMIT} to {INT_LIMIT - 1}, got {priority!r}")
-    if timeout is not None and (not isinstance(timeout, int | float) or not timeout > 0
-                                or not math.isfinite(timeout)):
-        raise InvalidOptionError(f"timeout must be a finite number of seconds > 0, "
-                                 f"got {timeout!r}")
-    if max_backoff is not None and (not isinstance(max_backoff, int | float)
-                                    or not max_backoff >= 0 or not math.isfinite(max_backoff)):
-        raise InvalidOptionError(f"max_backoff must be a finite number of seconds >= 0, "
-                                 f"got {max_backoff!r}")
+    for what, value, least in (("timeout", timeout, None), ("max_backoff", max_backoff, 0)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidOptionTypeError(f"{what} must be a number of seconds, got {value!r}")
+        above = value > 0 if least is None else value >= least
+        if not above or not _finite(value):
+            raise InvalidOptionError(f"{what} must be a finite number of seconds "
+                                     f"{'> 0' if least is None else '>= 0'}, got {value!r}")
     if queue is not None:
         check_name(queue, "queue name")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
@@ -75,6 +76,26 @@ def job_from_row(row: Any) -> Job:
     )
 
 
+def _encodable(text: str) -> bool:
+    """False for a string with a lone surrogate, which no database driver encodes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_connection(connection: object) -> None:
+    """A caller's transaction must be a SQLAlchemy Connection: an ORM Session (or an
+    Engine) is an easy mistake, named here rather than as a missing method later."""
+    from sqlalchemy import Connection
+
+    if not isinstance(connection, Connection):
+        hint = "; pass session.connection()" if type(connection).__name__ == "Session" else ""
+        raise InvalidOptionTypeError(
+            f"connection must be a sqlalchemy Connection, got {type(connection).__name__}{hint}")
+
+
 def _explained(method: M) -> M:
     """Database failures that escape a Queue operation as a clear ``StoreUnavailableError``
     (``Store.explain``), the driver's error kept as its cause. Errors in a transaction of the
@@ -103,6 +124,11 @@ class Queue:
             from durable_jobs.store.store import Store
 
             store = Store(store)
+        elif store is not None:
+            module = sys.modules.get("durable_jobs.store.store")
+            if module is None or not isinstance(store, module.Store):
+                raise InvalidOptionTypeError(
+                    f"store must be a jobs.Store or a database URL, got {type(store).__name__}")
         self._store = store
         self.registry = Registry()
         self.schedules: dict[str, tuple[ScheduleSpec, Any, str | None]] = {}
@@ -193,8 +219,10 @@ class Queue:
                 connection: Connection | None = None) -> str:
         """Add one job; returns its id. See API.md §3."""
         now = time.time()
-        when = check_when(to_epoch(run_at) if run_at is not None
-                          else now + (to_seconds(delay, "delay") or 0), "delay")
+        if run_at is not None:
+            when = check_when(to_epoch(run_at), "run_at")
+        else:
+            when = check_when(now + (to_seconds(delay, "delay") or 0), "delay")
         if retries is None and timeout is None and queue is None and priority is None \
                 and max_backoff is None:
             call = NO_OPTIONS
@@ -205,9 +233,13 @@ class Queue:
             raise InvalidOptionTypeError(f"unique must be a str, got {type(unique).__name__}")
         if unique is not None and not 0 < len(unique) <= 255:
             raise InvalidOptionError(f"unique key must be 1 to 255 characters, got {len(unique)}")
+        if unique is not None and ("\0" in unique or not _encodable(unique)):
+            raise InvalidOptionError(
+                f"unique key {unique!r} holds a NUL or a lone surrogate, which no database stores")
         row = build_row(self.registry, name, args, call, when, now, unique)
         store = self.store
         if connection is not None:
+            _check_connection(connection)
             job_rows.insert_one(connection, store.dialect, row, unique)
         elif unique is None:  # a lone INSERT is atomic: no BEGIN/COMMIT round trips
             store.execute_autocommit(store.dialect.insert_sql, row)
@@ -223,6 +255,8 @@ class Queue:
                      ) -> list[str]:
         """Add many jobs in one transaction (COPY on PostgreSQL); returns their ids."""
         items = list(subs)
+        if connection is not None:
+            _check_connection(connection)
         if not items:
             return []
         made: list[tuple[Any, ...]] = []
@@ -260,18 +294,17 @@ class Queue:
             return job_from_row(job_rows.get(conn, job_id))
 
     @_explained
-    def result(self, job_id: str, timeout: float | None = None) -> Any:
+    def result(self, job_id: str, timeout: float | timedelta | None = None) -> Any:
         """Wait for a terminal state; return the result or raise its failure."""
-        if timeout is not None:
-            to_seconds(timeout, "timeout")  # a clear error for a bad one, before waiting
-        deadline = None if timeout is None else time.monotonic() + timeout
+        seconds = to_seconds(timeout, "timeout")  # a clear error for a bad one, before waiting
+        deadline = None if seconds is None else time.monotonic() + seconds
         pause = 0.005
         while True:
             job = self.get(job_id)
             if job.status in TERMINAL:
                 return _terminal_result(job)
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"job {job_id} is still {job.status} after {timeout} s")
+                raise TimeoutError(f"job {job_id} is still {job.status} after {seconds:g} s")
             remaining = None if deadline is None else deadline - time.monotonic()
             time.sleep(min(pause, remaining) if remaining is not None else pause)
             pause = min(pause * 1.5, 0.2)

@@ -39,8 +39,10 @@ def insert_many(conn: Connection, dialect: Dialect, rows: Iterable[tuple[Any, ..
 
 
 def _known(job_id: object) -> None:
-    """Ids are strings: anything else is unknown (PostgreSQL would refuse to compare it)."""
-    if not isinstance(job_id, str):
+    """Ids are strings of ASCII (the library makes them): anything else is unknown, and is
+    not sent to the database, which may refuse it (PostgreSQL takes no NUL in text, the
+    driver no lone surrogate)."""
+    if not isinstance(job_id, str) or not job_id.isascii() or "\0" in job_id:
         raise JobNotFoundError(str(job_id))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -13,9 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, exc, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
-from durable_jobs.engine.errors import StoreUnavailableError
+from durable_jobs.engine.errors import (
+    InvalidOptionError,
+    InvalidOptionTypeError,
+    StoreUnavailableError,
+)
 from durable_jobs.store.dialects import Dialect, for_engine
 from durable_jobs.store.direct import IDLE_PING, Direct, DirectConnections
 
@@ -28,6 +33,40 @@ class PoolConfig:
     max_overflow: int = 10
     recycle: float = 3600.0
     timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        """Each setting of the wrong type or range is named here, not by SQLAlchemy later
+        (``recycle = -1`` keeps connections for ever, as in SQLAlchemy)."""
+        for name, least in (("size", 1), ("max_overflow", -1)):  # -1: no overflow limit
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidOptionTypeError(f"PoolConfig.{name} must be an int, got {value!r}")
+            if value < least:
+                raise InvalidOptionError(f"PoolConfig.{name} must be >= {least}, got {value}")
+        for name in ("recycle", "timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidOptionTypeError(
+                    f"PoolConfig.{name} must be a number of seconds, got {value!r}")
+            if not math.isfinite(value) or (value <= 0 and not (name == "recycle"
+                                                                 and value == -1)):
+                raise InvalidOptionError(
+                    f"PoolConfig.{name} must be a finite number of seconds > 0"
+                    f"{' (or -1)' if name == 'recycle' else ''}, got {value}")
+
+
+# The drivers each backend is written for: in a URL, psycopg2's name is taken to mean
+# psycopg 3; an Engine is used as it is.
+Drivers = dict[str, tuple[str, ...]]
+_DRIVERS: Drivers = {"sqlite": ("pysqlite",), "postgresql": ("psycopg", "psycopg2")}
+_ENGINE_DRIVERS: Drivers = {"sqlite": ("pysqlite",), "postgresql": ("psycopg",)}
+
+
+def _check_driver(backend: str, driver: str, drivers: Drivers = _DRIVERS) -> None:
+    if driver not in drivers.get(backend, (driver,)):  # (an unknown backend is named later)
+        raise StoreUnavailableError(
+            f"unsupported driver {driver!r} for {backend}: use sqlite:/// or "
+            "postgresql+psycopg:// (psycopg 3)")
 
 
 DEFAULT_POOL = PoolConfig()
@@ -102,7 +141,16 @@ class Store:
     without touching the database.
     """
 
-    def __init__(self, url: str | Engine, pool: PoolConfig | None = None) -> None:
+    def __init__(self, url: str | URL | Engine, pool: PoolConfig | None = None) -> None:
+        if isinstance(url, URL):
+            url = url.render_as_string(hide_password=False)
+        if pool is not None and not isinstance(pool, PoolConfig):
+            raise InvalidOptionTypeError(
+                f"pool must be a jobs.PoolConfig (or a preset such as jobs.DEFAULT_POOL), "
+                f"got {type(pool).__name__}")
+        if not isinstance(url, str | Engine):
+            raise InvalidOptionTypeError(
+                f"a Store takes a database URL or a SQLAlchemy Engine, got {type(url).__name__}")
         self._pool = pool or DEFAULT_POOL
         self._engine: Engine | None = None
         self._dialect: Dialect | None = None
@@ -111,6 +159,7 @@ class Store:
         if isinstance(url, Engine):
             self._engine = url
             self.url = url.url.render_as_string(hide_password=False)
+            _check_driver(url.dialect.name, url.dialect.driver, _ENGINE_DRIVERS)
             self._dialect = for_engine(url)
             self._dialect.configure(url)
             self._direct = DirectConnections(url, self._pool.size)
@@ -124,6 +173,7 @@ class Store:
                     f"unsupported database {parsed.get_backend_name()!r}: use sqlite:/// or "
                     "postgresql+psycopg://"
                 )
+            _check_driver(parsed.get_backend_name(), parsed.get_driver_name())
             if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
                 url = _private_sqlite_file(self)
             self.url = url

@@ -624,6 +624,33 @@ def test_an_id_that_is_not_a_string_is_unknown(queue: jobs.Queue, job_id: Any) -
             operation(job_id)
 
 
+@pytest.mark.parametrize("job_id", ["a\x00b", "\ud800", "jöb"])
+def test_an_id_the_database_cannot_hold_is_unknown(queue: jobs.Queue, job_id: str) -> None:
+    """PostgreSQL takes no NUL in text and the driver no lone surrogate: an id the library
+    cannot have made is unknown, not a DataError or a UnicodeEncodeError."""
+    queue.enqueue("a")
+    for operation in (queue.get, queue.cancel, queue.retry, queue.pause_job,
+                      queue.resume_job, queue.is_job_paused,
+                      lambda i: queue.emit_custom_event(i, "progress"),
+                      lambda i: queue.result(i, timeout=1)):
+        with pytest.raises(jobs.JobNotFoundError):
+            operation(job_id)
+
+
+@pytest.mark.parametrize("key", ["a\x00b", "\ud800"])
+def test_a_unique_key_the_database_cannot_hold_is_refused(queue: jobs.Queue,
+                                                           store: jobs.Store, key: str) -> None:
+    with pytest.raises(jobs.InvalidOptionError, match="NUL or a lone surrogate"):
+        queue.enqueue("a", unique=key)
+    assert count_jobs(store) == 0
+
+
+def test_result_takes_a_timedelta(queue: jobs.Queue) -> None:
+    job_id = queue.enqueue("a")
+    with pytest.raises(TimeoutError, match="after 0.1 s"):
+        queue.result(job_id, timeout=timedelta(milliseconds=100))
+
+
 def test_a_store_never_migrated_says_so(backend: str, tmp_path: Any,
                                         request: pytest.FixtureRequest) -> None:
     if backend == "sqlite":

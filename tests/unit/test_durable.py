@@ -633,7 +633,7 @@ def test_fan_out_inside_a_step_takes_the_next_nested_position() -> None:
     ([jobs.Sub("item", i) for i in range(5)] + [jobs.Sub("item", 5, priority="high")], None,
      jobs.InvalidOptionTypeError),
     ([jobs.Sub("item", i) for i in range(5)] + [jobs.Sub("item", 5, retries=[1])], None,
-     jobs.InvalidOptionError),  # (an unhashable option)
+     jobs.InvalidOptionTypeError),  # (an unhashable option, of the wrong type)
     ([jobs.Sub("item", i) for i in range(5)] + [jobs.Sub("item", set())], None, TypeError),
     ([jobs.Sub("item", 1, priority=1), jobs.Sub("item", 2, priority=True)], None,
      jobs.InvalidOptionTypeError),

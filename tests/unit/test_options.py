@@ -237,6 +237,19 @@ def test_handler_options_are_validated(kwargs: dict[str, object], error: type) -
     (lambda q: q.worker({"default": 1}, pause_mode="hard"), jobs.InvalidOptionError,
      "pause mode"),
     (lambda q: q.worker(["default"]), jobs.InvalidOptionTypeError, "queues"),
+    # wrong types and sizes that used to escape as Python or driver errors
+    (lambda q: q.enqueue("a", retries="3"), jobs.InvalidOptionTypeError, "retries"),
+    (lambda q: q.register("a", print, retries="3"), jobs.InvalidOptionTypeError, "retries"),
+    (lambda q: q.register("a", print, timeout="5"), jobs.InvalidOptionTypeError, "timeout"),
+    (lambda q: q.register("a", print, timeout=10**400), jobs.InvalidOptionError, "timeout"),
+    (lambda q: q.enqueue("a", delay=10**400), jobs.InvalidOptionError, "delay"),
+    (lambda q: q.enqueue("a", max_backoff=10**400), jobs.InvalidOptionError, "max_backoff"),
+    (lambda q: q.enqueue("a", run_at=datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5)))),
+     jobs.InvalidOptionError, "run_at .* year 1"),
+    (lambda q: q.enqueue("a", connection=q.store.engine), jobs.InvalidOptionTypeError,
+     "sqlalchemy Connection, got Engine"),
+    (lambda q: q.enqueue_many([jobs.Sub("a")], connection="conn"), jobs.InvalidOptionTypeError,
+     "sqlalchemy Connection, got str"),
 ])
 def test_bad_options_raise_the_library_errors(tmp_path, call, error: type, words: str) -> None:  # noqa: ANN001
     """Each is a DurableJobsError (API.md §5) and still the ValueError or TypeError that
@@ -414,3 +427,57 @@ def test_the_facade_shows_exactly_its_public_names() -> None:
               and not isinstance(getattr(jobs, name), types.ModuleType)}
     assert public == set(jobs.__all__)
     assert all(getattr(jobs, name) is not None for name in jobs.__all__)
+
+
+@pytest.mark.parametrize(("make", "error", "words"), [
+    (lambda: jobs.PoolConfig(size=0), jobs.InvalidOptionError, "size must be >= 1"),
+    (lambda: jobs.PoolConfig(size="big"), jobs.InvalidOptionTypeError, "size must be an int"),
+    (lambda: jobs.PoolConfig(max_overflow=-2), jobs.InvalidOptionError, "max_overflow"),
+    (lambda: jobs.PoolConfig(timeout=-5), jobs.InvalidOptionError, "timeout"),
+    (lambda: jobs.PoolConfig(recycle=float("inf")), jobs.InvalidOptionError, "recycle"),
+    (lambda: jobs.Store("sqlite:///x.db", pool="high"), jobs.InvalidOptionTypeError,
+     "jobs.PoolConfig"),
+    (lambda: jobs.Store(123), jobs.InvalidOptionTypeError, "URL or a SQLAlchemy Engine"),
+    (lambda: jobs.Store("postgresql+pg8000://u@h/db"), jobs.StoreUnavailableError,
+     "unsupported driver 'pg8000'"),
+    (lambda: jobs.Store("sqlite+pysqlcipher:///x.db"), jobs.StoreUnavailableError,
+     "unsupported driver 'pysqlcipher'"),
+    (lambda: jobs.Queue(123), jobs.InvalidOptionTypeError, "jobs.Store or a database URL"),
+])
+def test_store_and_pool_settings_are_checked_when_made(make, error: type, words: str) -> None:  # noqa: ANN001
+    """Not later, as an AttributeError or a ModuleNotFoundError from deep inside."""
+    with pytest.raises(error, match=words) as caught:
+        make()
+    assert isinstance(caught.value, jobs.DurableJobsError)
+
+
+def test_pool_settings_that_sqlalchemy_takes_are_accepted() -> None:
+    assert jobs.PoolConfig(recycle=-1).recycle == -1  # never recycle, as in SQLAlchemy
+    assert jobs.PoolConfig(max_overflow=-1).max_overflow == -1  # no overflow limit
+    assert jobs.PoolConfig(size=1, max_overflow=0, timeout=0.5).size == 1
+
+
+def test_a_store_takes_a_sqlalchemy_url_object(tmp_path) -> None:  # noqa: ANN001
+    from sqlalchemy.engine import make_url
+
+    store = jobs.Store(make_url(f"sqlite:///{tmp_path}/jobs.db"))  # API.md §1: any URL
+    store.migrate()
+    job_id = jobs.Queue(store).enqueue("a")
+    assert jobs.Queue(store).get(job_id).status is jobs.Status.PENDING
+    store.dispose()
+
+
+def test_an_orm_session_as_connection_is_named(tmp_path) -> None:  # noqa: ANN001
+    from sqlalchemy.orm import Session
+
+    store = jobs.Store(f"sqlite:///{tmp_path}/jobs.db")
+    store.migrate()
+    queue = jobs.Queue(store)
+    with Session(store.engine) as session:
+        with pytest.raises(jobs.InvalidOptionTypeError, match=r"pass session\.connection\(\)"):
+            queue.enqueue("a", connection=session)
+        queue.enqueue("a", connection=session.connection())  # what the message says works
+        session.commit()
+    with store.read() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM jobs").scalar_one() == 1
+    store.dispose()
