@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from durable_jobs.engine.errors import DurableJobsError, StoreUnavailableError
+from durable_jobs.engine.errors import DurableJobsError, StoreUnavailableError, message_of
 from durable_jobs.engine.job import PauseMode
 from durable_jobs.engine.queue import Queue
 from durable_jobs.engine.registry import import_path
@@ -41,9 +41,12 @@ def load_app(config: Config, config_dir: str | None = None) -> Queue:
         sys.path.append(os.path.abspath(config_dir))
     try:
         app = import_path(config.app)
+    except SystemExit as exc:  # the module called sys.exit() while it was imported
+        raise ConfigError("app", f"cannot import {config.app!r}: it called sys.exit"
+                                 f"({exc.code!r}) while being imported") from exc
     except Exception as exc:  # noqa: BLE001 - any import failure is a config error
         raise ConfigError("app", f"cannot import {config.app!r}: "
-                                 f"{type(exc).__name__}: {exc}") from exc
+                                 f"{type(exc).__name__}: {message_of(exc)}") from exc
     if not isinstance(app, Queue):
         raise ConfigError("app", f"{config.app!r} is a {type(app).__name__}, not a jobs.Queue")
     return app

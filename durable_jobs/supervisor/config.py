@@ -91,6 +91,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(where, f"cannot read file: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(where, f"invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8
+        raise ConfigError(where, f"invalid TOML: not UTF-8 (byte {exc.object[exc.start]:#04x} "
+                                 f"at offset {exc.start})") from None
     return parse_config(data)
 
 

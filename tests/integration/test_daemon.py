@@ -356,6 +356,15 @@ def test_bad_configs_exit_2_naming_the_key_and_check_accepts_a_good_one(
     code, _, err = run_cli(processes, missing_app)
     assert code == 2 and "app" in err and "no_such_module_xyz" in err, err
     assert "Traceback" not in err
+    exits = write_config(tmp_path / "exits.toml", url,
+                         app="tests.integration.apps.exits_on_import:queue")
+    code, _, err = run_cli(processes, exits, "--check")
+    assert code == 2 and "app: cannot import" in err and "sys.exit(3)" in err, err
+    driver = write_config(tmp_path / "driver.toml", "postgresql+pg8000://u@127.0.0.1/db")
+    for extra in (["--check"], []):
+        code, _, err = run_cli(processes, driver, *extra)
+        assert code == 2 and "database.url: unsupported driver 'pg8000'" in err, err
+        assert "Traceback" not in err
     code, out, err = run_cli(processes, good, "--check")
     assert code == 0, err
     assert "ok" in out and "4 handlers" in out

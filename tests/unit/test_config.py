@@ -254,6 +254,13 @@ def test_toml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     assert "line 2" in info.value.message
 
 
+def test_a_file_that_is_not_utf8_is_invalid_toml(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('# caf\u00e9\napp = "myapp.jobs:queue"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"invalid TOML: not UTF-8 \(byte 0xe9 at offset 5\)"):
+        load_config(path)
+
+
 def test_validation_error_from_file_names_dotted_key(tmp_path: Path) -> None:
     text = FULL_TOML.replace("concurrency = 2", "concurrency = 0")
     with pytest.raises(ConfigError, match=r"^queues\.critical\.concurrency: must be >= 1$"):
