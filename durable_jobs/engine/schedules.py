@@ -215,10 +215,27 @@ class Cron(_Spec):
 
         return croniter(self.expr, datetime.fromtimestamp(t, _zone(self.tz)))
 
+    def _every_hour(self) -> bool:
+        """Whether the hour field takes every hour (``*``, ``*/1``, ``0-23``, ``@hourly``)."""
+        from croniter import croniter
+
+        return bool(croniter(self.expr).expanded[1] == ["*"])
+
+    def _repeated(self, tick: float) -> bool:
+        """Whether ``tick`` is the second pass of a local time (the hour the clocks go back)
+        in an expression that names its hours: like cron itself, and like ``Daily``, a job
+        at 02:30 runs once that night. With ``*`` for the hour (``*/15 * * * *``,
+        ``@hourly``) every real tick fires, the repeated hour's too."""
+        if self._every_hour():
+            return False
+        zone = _zone(self.tz)
+        wall = datetime.fromtimestamp(tick, zone).replace(tzinfo=None)
+        return wall.replace(tzinfo=zone, fold=0).timestamp() < tick
+
     def next_fire_after(self, t: float) -> float:
         """First cron tick strictly greater than ``t``."""
         tick: float = self._iter(t).get_next(float)
-        while tick <= t:  # guard: croniter drops sub-second precision
+        while tick <= t or self._repeated(tick):  # croniter drops sub-second precision
             tick = self._iter(tick).get_next(float)
         return tick
 
@@ -226,7 +243,10 @@ class Cron(_Spec):
         """Last cron tick less than or equal to ``t``."""
         prev: float = self._iter(t).get_prev(float)
         after = self.next_fire_after(prev)  # a tick exactly at t is not "before" t for croniter
-        return after if after <= t else prev
+        tick = after if after <= t else prev
+        while self._repeated(tick):
+            tick = self._iter(tick).get_prev(float)
+        return tick
 
 
 ScheduleSpec = Every | Daily | Weekly | Cron

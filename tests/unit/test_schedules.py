@@ -103,6 +103,40 @@ def test_daily_ambiguous_time_fires_once() -> None:
     assert spec.next_fire_after(first) == utc(2024, 10, 28, 1, 30)
 
 
+def test_cron_with_named_hours_fires_a_repeated_local_time_once() -> None:
+    """Like Daily, and like cron itself: a job at 02:30 runs once the night clocks go back
+    (croniter alone gives 02:30 CEST and 02:30 CET)."""
+    spec = Cron("30 2 * * *", tz="Europe/Paris")
+    first = spec.next_fire_after(paris(2024, 10, 26, 12))
+    assert first == utc(2024, 10, 27, 0, 30)  # the first 02:30, CEST
+    assert spec.next_fire_after(first) == utc(2024, 10, 28, 1, 30)
+    # After both passes, the last tick is still the first one (a missed tick fires once).
+    assert spec.last_fire_at_or_before(utc(2024, 10, 27, 2, 0)) == first
+
+
+@pytest.mark.parametrize("expr", ["30 * * * *", "30 */1 * * *", "30 0-23 * * *"])
+def test_cron_with_every_hour_fires_each_real_hour_when_clocks_go_back(expr: str) -> None:
+    spec = Cron(expr, tz="Europe/Paris")
+    ticks = [spec.next_fire_after(utc(2024, 10, 26, 23, 0))]  # 01:00 CEST
+    for _ in range(3):
+        ticks.append(spec.next_fire_after(ticks[-1]))
+    assert [t - ticks[0] for t in ticks] == [0, 3600, 7200, 10800]  # 01:30, 02:30 x2, 03:30
+
+
+@pytest.mark.parametrize(("expr", "ticks_that_night"), [("@hourly", 5), ("@HOURLY", 5),
+                                                        ("@daily", 1), ("0 */2 * * *", 2)])
+def test_cron_aliases_and_steps_across_the_night_clocks_go_back(expr: str,
+                                                                ticks_that_night: int) -> None:
+    """From 23:30 to 03:30 local time on the night of 2024-10-27: five real hours, 02:00
+    twice; a job at 02:00 runs once."""
+    spec = Cron(expr, tz="Europe/Paris")
+    start, end = paris(2024, 10, 26, 23, 30), paris(2024, 10, 27, 3, 30)
+    count, t = 0, spec.next_fire_after(start)
+    while t <= end:
+        count, t = count + 1, spec.next_fire_after(t)
+    assert count == ticks_that_night
+
+
 def test_daily_is_strictly_after_an_exact_tick() -> None:
     spec = Daily(9)
     assert spec.next_fire_after(utc(2024, 1, 1, 9)) == utc(2024, 1, 2, 9)
@@ -197,6 +231,8 @@ SPECS: list[ScheduleSpec] = [
     Weekly("sun", 2, 0, tz="Europe/Paris"),
     Cron("*/20 * * * *", tz="Europe/Paris"),
     Cron("30 2 * * 0"),
+    Cron("30 2 * * *", tz="Europe/Paris"),
+    Cron("0,30 1-3 * * *", tz="Europe/Paris"),
 ]
 
 
