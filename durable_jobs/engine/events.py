@@ -153,6 +153,9 @@ class EventBus:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subs: list[Subscription] = []
+        # Jobs being enqueued in this process: their other events (a worker here may start
+        # one before its producer returns from the INSERT) wait for their JobEnqueued.
+        self._held: dict[str, list[Any]] = {}
 
     def subscribe(self) -> Subscription:
         sub = Subscription()
@@ -172,6 +175,27 @@ class EventBus:
 
     def publish(self, event: Any) -> None:
         with self._lock:
+            if self._held:
+                waiting = self._held.get(getattr(event, "job_id", ""))
+                if waiting is not None:
+                    waiting.append(event)
+                    return
             subs = list(self._subs)
         for sub in subs:
             sub.put(event)
+
+    def hold(self, job_ids: list[str]) -> None:
+        """Keep the events of these jobs (being enqueued) until :meth:`release`."""
+        with self._lock:
+            for job_id in job_ids:
+                self._held.setdefault(job_id, [])
+
+    def release(self, job_ids: list[str], first: list[Any] | None = None) -> None:
+        """Publish ``first`` (their JobEnqueued), then what waited for them, in order."""
+        with self._lock:  # puts under the lock: nothing of these jobs can come in between
+            events = list(first or [])
+            for job_id in job_ids:
+                events.extend(self._held.pop(job_id, ()))
+            for sub in self._subs:
+                for event in events:
+                    sub.put(event)

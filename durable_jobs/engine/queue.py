@@ -241,13 +241,25 @@ class Queue:
         if connection is not None:
             _check_connection(connection)
             job_rows.insert_one(connection, store.dialect, row, unique)
-        elif unique is None:  # a lone INSERT is atomic: no BEGIN/COMMIT round trips
-            store.execute_autocommit(store.dialect.insert_sql, row)
-        else:
-            with store.autocommit() as conn:
-                job_rows.insert_one(conn, store.dialect, row, unique)
-        if self.bus.active:
-            self._enqueued([ev.JobEnqueued(row[0], name, row[2])], connection)
+            if self.bus.active:
+                self._enqueued([ev.JobEnqueued(row[0], name, row[2])], connection)
+            return str(row[0])
+        announce = self.bus.active
+        if announce:
+            enqueued = ev.JobEnqueued(row[0], name, row[2])
+            self.bus.hold([row[0]])
+        try:
+            if unique is None:  # a lone INSERT is atomic: no BEGIN/COMMIT round trips
+                store.execute_autocommit(store.dialect.insert_sql, row)
+            else:
+                with store.autocommit() as conn:
+                    job_rows.insert_one(conn, store.dialect, row, unique)
+        except BaseException:
+            if announce:
+                self.bus.release([row[0]])
+            raise
+        if announce:
+            self.bus.release([row[0]], [enqueued])
         return str(row[0])
 
     @_explained
@@ -269,10 +281,26 @@ class Queue:
                 yield row
 
         store = self.store
-        with collector_paused(), store.using(connection) as conn:
-            job_rows.insert_many(conn, store.dialect, rows())
-        if self.bus.active:
-            self._enqueued([ev.JobEnqueued(row[0], row[1], row[2]) for row in made], connection)
+        announce = self.bus.active
+        if connection is not None:
+            with collector_paused():
+                job_rows.insert_many(connection, store.dialect, rows())
+            if announce:
+                self._enqueued([ev.JobEnqueued(row[0], row[1], row[2]) for row in made],
+                               connection)
+            return [str(row[0]) for row in made]
+        held: list[str] = []
+        try:
+            with collector_paused(), store.write() as conn:
+                job_rows.insert_many(conn, store.dialect, rows())
+                if announce:  # before the commit: no worker can have seen them yet
+                    held = [row[0] for row in made]
+                    self.bus.hold(held)
+        except BaseException:
+            self.bus.release(held)
+            raise
+        if announce:
+            self.bus.release(held, [ev.JobEnqueued(row[0], row[1], row[2]) for row in made])
         return [str(row[0]) for row in made]
 
     def _enqueued(self, events: list[ev.JobEnqueued], connection: Connection | None) -> None:
@@ -349,10 +377,13 @@ class Queue:
             except DurableJobsError:
                 raise
             except Exception as exc:  # noqa: BLE001 - only database errors are handled
-                if not is_transient(exc):
+                # SQLite's "database is locked" comes after its whole busy timeout (30 s):
+                # a retry would only wait that long again.
+                if not is_transient(exc) or "database is locked" in _first_line(exc):
                     raise
                 if attempt == tries:
-                    raise StoreUnavailableError(f"database error: {_first_line(exc)}") from exc
+                    raise StoreUnavailableError(
+                        f"database error on {self.store!r}: {_first_line(exc)}") from exc
                 time.sleep(0.05 * attempt)
         raise AssertionError("unreachable")
 

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Connection, func, literal_column, select, update
+from sqlalchemy.exc import IntegrityError
 
 from durable_jobs.engine.errors import DuplicateJobError, InvalidStateError, JobNotFoundError
 from durable_jobs.store.dialects import Dialect
@@ -17,6 +18,7 @@ from durable_jobs.store.dialects.common import row_dict
 from durable_jobs.store.schema import NON_TERMINAL_SQL, fan_outs, jobs, queues, steps
 
 NON_TERMINAL = ("pending", "running", "waiting", "paused")
+UNIQUE_TRIES = 5  # inserts of a unique job while its key's holder keeps finishing meanwhile
 
 
 def insert_one(conn: Connection, dialect: Dialect, row: tuple[Any, ...],
@@ -25,12 +27,22 @@ def insert_one(conn: Connection, dialect: Dialect, row: tuple[Any, ...],
     if unique is None:
         conn.exec_driver_sql(dialect.insert_sql, row)
         return
-    if not dialect.insert_unique(conn, row_dict(row)):
-        holder = conn.execute(
-            select(jobs.c.id).where(jobs.c.unique_key == unique,
-                                    jobs.c.status.in_(NON_TERMINAL))
-        ).scalar()
-        raise DuplicateJobError(unique, holder or "?")
+    for _ in range(UNIQUE_TRIES):
+        if dialect.insert_unique(conn, row_dict(row)):
+            return
+        holder = unique_holder(conn, unique)
+        if holder is not None:
+            raise DuplicateJobError(unique, holder)
+        # The holder finished between the two statements (each sees the latest commits):
+        # the key is free now, so try again rather than refuse it.
+    raise DuplicateJobError(unique, "?")
+
+
+def unique_holder(conn: Connection, key: str) -> str | None:
+    """The id of the live job that holds ``key``, if any."""
+    holder = conn.execute(select(jobs.c.id).where(jobs.c.unique_key == key,
+                                                  jobs.c.status.in_(NON_TERMINAL))).scalar()
+    return None if holder is None else str(holder)
 
 
 def insert_many(conn: Connection, dialect: Dialect, rows: Iterable[tuple[Any, ...]]) -> None:
@@ -133,8 +145,7 @@ def reset_for_retry(conn: Connection, job_id: str, now: float) -> None:
         raise InvalidStateError(job_id, row.status, "retry")
     key = conn.execute(select(jobs.c.unique_key).where(jobs.c.id == job_id)).scalar()
     if key is not None:  # its key may have gone to a newer job meanwhile
-        holder = conn.execute(select(jobs.c.id).where(
-            jobs.c.unique_key == key, jobs.c.status.in_(NON_TERMINAL))).scalar()
+        holder = unique_holder(conn, key)
         if holder is not None:
             raise DuplicateJobError(key, holder)
     if row.fan_out_id is not None:  # its failure was counted; it is unfinished again
@@ -142,13 +153,19 @@ def reset_for_retry(conn: Connection, job_id: str, now: float) -> None:
                                             fan_outs.c.status == "open")
                      .values(failed=fan_outs.c.failed - 1))
     conn.execute(steps.delete().where(steps.c.job_id == job_id))
-    conn.execute(
-        update(jobs).where(jobs.c.id == job_id).values(
-            status="pending", attempt=0, run_at=now, result=None, error=None,
-            finished_at=None, started_at=None, lease_owner=None, lease_expires_at=None,
-            checkpoints=0, paused_from=None,
-        )
+    back = update(jobs).where(jobs.c.id == job_id).values(
+        status="pending", attempt=0, run_at=now, result=None, error=None,
+        finished_at=None, started_at=None, lease_owner=None, lease_expires_at=None,
+        checkpoints=0, paused_from=None,
     )
+    if key is None:
+        conn.execute(back)
+        return
+    try:  # an enqueue may take the key between the check above and this (PostgreSQL)
+        with conn.begin_nested():
+            conn.execute(back)
+    except IntegrityError:
+        raise DuplicateJobError(key, unique_holder(conn, key) or "?") from None
 
 
 def pause(conn: Connection, job_id: str, aggressive: bool) -> str:

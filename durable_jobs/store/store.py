@@ -323,15 +323,6 @@ class Store:
                 conn = conn.execution_options(durable_autocommit=True)
             yield conn
 
-    @contextmanager
-    def using(self, connection: Connection | None) -> Iterator[Connection]:
-        """The caller's connection (their transaction) if given, else a write transaction."""
-        if connection is not None:
-            yield connection
-        else:
-            with self.write() as conn:
-                yield conn
-
     def explain(self, error: BaseException) -> StoreUnavailableError | None:
         """A clear error in place of a database failure that only the driver's words
         describe: tables missing (``migrate()`` was never run), a lost connection, a

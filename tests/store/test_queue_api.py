@@ -303,6 +303,44 @@ def drained(events: Any) -> list[str]:
             return seen
 
 
+def test_a_job_started_before_its_enqueue_returned_is_announced_in_order(
+        store: jobs.Store, queue: jobs.Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker in the producer's process may claim and start a job between the INSERT's
+    commit and the return of enqueue(): JobEnqueued still comes first, and another job's
+    events are not held up."""
+    events = queue.events()
+    real = store.execute_autocommit
+
+    def insert_then_a_worker_starts_it(sql: str, row: Any) -> Any:
+        done = real(sql, row)
+        queue.bus.publish(jobs.JobStarted(row[0], "a", "default"))  # as a supervisor would
+        queue.bus.publish(jobs.JobStarted("other-job", "a", "default"))
+        return done
+
+    monkeypatch.setattr(store, "execute_autocommit", insert_then_a_worker_starts_it)
+    job_id = queue.enqueue("a")
+    queue.unsubscribe(events)
+    seen = [(type(e).__name__, e.job_id) for e in events]
+    assert seen == [("JobStarted", "other-job"), ("JobEnqueued", job_id),
+                    ("JobStarted", job_id)]
+
+
+def test_enqueue_many_announces_each_job_before_its_other_events(
+        store: jobs.Store, queue: jobs.Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    events = queue.events()
+    real = queue.bus.hold
+
+    def hold_then_a_worker_starts_the_first(job_ids: list[str]) -> None:
+        real(job_ids)  # (held before the commit; the start comes once it committed)
+        queue.bus.publish(jobs.JobStarted(job_ids[0], "a", "default"))
+
+    monkeypatch.setattr(queue.bus, "hold", hold_then_a_worker_starts_the_first)
+    ids = queue.enqueue_many([jobs.Sub("a"), jobs.Sub("a")])
+    queue.unsubscribe(events)
+    seen = [(type(e).__name__, e.job_id) for e in events]
+    assert seen == [("JobEnqueued", ids[0]), ("JobEnqueued", ids[1]), ("JobStarted", ids[0])]
+
+
 def test_jobenqueued_waits_for_the_callers_commit(db_url: str, queue: jobs.Queue) -> None:
     """A job enqueued in the caller's transaction is announced when it commits, never when
     it rolls back (it used to be announced at once, commit or not)."""
@@ -451,6 +489,49 @@ def test_retry_keeps_the_unique_key_rule(store: jobs.Store, queue: jobs.Queue) -
     queue.cancel(new)
     queue.retry(old)
     assert queue.get(old).status is jobs.Status.PENDING
+
+
+def test_retry_that_loses_its_key_to_a_racing_enqueue_is_a_duplicate(
+        store: jobs.Store, queue: jobs.Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The enqueue takes the key between retry's check and its update (as a race on
+    PostgreSQL did): DuplicateJobError naming the holder, not the driver's IntegrityError."""
+    from durable_jobs.store import jobs as job_rows
+
+    old = queue.enqueue("a", unique="order-1")
+    queue.cancel(old)
+    new = queue.enqueue("a", unique="order-1")
+    real = job_rows.unique_holder
+    calls: list[str] = []
+
+    def not_yet(conn: Any, key: str) -> str | None:  # the check runs before the enqueue
+        calls.append(key)
+        return None if len(calls) == 1 else real(conn, key)
+
+    monkeypatch.setattr(job_rows, "unique_holder", not_yet)
+    with pytest.raises(jobs.DuplicateJobError) as info:
+        queue.retry(old)
+    assert info.value.job_id == new and len(calls) == 2
+    assert queue.get(old).status is jobs.Status.CANCELLED
+
+
+def test_a_key_freed_between_insert_and_lookup_is_taken(
+        store: jobs.Store, queue: jobs.Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The holder finished between the refused insert and the holder lookup: the key is
+    free, so the enqueue tries again instead of refusing it with holder '?'."""
+    dialect = store.dialect
+    real = dialect.insert_unique
+    refused: list[bool] = []
+
+    def conflict_once(conn: Any, row: dict[str, Any]) -> bool:
+        if not refused:
+            refused.append(True)
+            return False  # as if a holder had been there, and finished since
+        return real(conn, row)
+
+    monkeypatch.setattr(dialect, "insert_unique", conflict_once)
+    job_id = queue.enqueue("a", unique="order-2")
+    assert refused and queue.get(job_id).status is jobs.Status.PENDING
+    assert count_jobs(store) == 1
 
 
 def test_pause_and_resume_pending(store: jobs.Store, queue: jobs.Queue) -> None:
@@ -649,6 +730,42 @@ def test_result_takes_a_timedelta(queue: jobs.Queue) -> None:
     job_id = queue.enqueue("a")
     with pytest.raises(TimeoutError, match="after 0.1 s"):
         queue.result(job_id, timeout=timedelta(milliseconds=100))
+
+
+def test_a_sqlite_lock_held_past_the_busy_timeout_is_not_waited_for_again(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite's "database is locked" comes after the whole busy timeout (30 s): operations
+    retried it twice more (90 s), and said "database error" without naming the store."""
+    import sqlite3
+
+    from durable_jobs.store.dialects import sqlite as sqlite_dialect
+
+    monkeypatch.setattr(sqlite_dialect, "BUSY_TIMEOUT_MS", 200)
+    url = f"sqlite:///{tmp_path}/locked.db"
+    store = jobs.Store(url)
+    store.migrate()
+    queue = jobs.Queue(store)
+    job_id = queue.enqueue("a")
+    tries: list[int] = []
+    real_write = store.write
+
+    def counted_write() -> Any:
+        tries.append(1)
+        return real_write()
+
+    monkeypatch.setattr(store, "write", counted_write)
+    holder = sqlite3.connect(f"{tmp_path}/locked.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        for operation in (lambda: queue.pause_queue("q"), lambda: queue.cancel(job_id)):
+            tries.clear()
+            with pytest.raises(jobs.StoreUnavailableError, match=r"Store\('sqlite:.*locked"):
+                operation()
+            assert len(tries) == 1
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        store.dispose()
 
 
 def test_a_store_never_migrated_says_so(backend: str, tmp_path: Any,
