@@ -36,8 +36,10 @@ from durable_jobs.engine.redact import redact_for_storage
 from durable_jobs.engine.registry import Registry
 from durable_jobs.protocol import Lease, Outcome
 
-#: Raised by the handler: fail now, without retry.
-FINAL = (NoRetry, NonDeterminismError, FanOutFailedError, HandlerNotFoundError)
+#: Raised by the handler: fail now, without retry. (A payload over 1 MiB, a step's args or
+#: result or a sub-job's args, would be just as large at every attempt.)
+FINAL = (NoRetry, NonDeterminismError, FanOutFailedError, HandlerNotFoundError,
+         PayloadTooLargeError)
 
 
 def error_type(exc: BaseException) -> str:

@@ -196,7 +196,9 @@ def call(name: str, args: Any = None) -> Any:
         raise
     try:
         result = encode_json(value, f"the result of step {name!r}")
-    except (TypeError, PayloadTooLargeError) as exc:  # retrying cannot change it
+    except PayloadTooLargeError:
+        raise  # final, as any PayloadTooLargeError is: retrying cannot change it
+    except TypeError as exc:  # retrying cannot change it
         raise NoRetry(str(exc)) from exc
     execution.runtime.checkpoint(position, name, "completed", result, None,
                                  execution.position - position - 1)

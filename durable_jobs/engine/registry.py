@@ -8,6 +8,7 @@ by value, so ``worker.run()`` from a script just works.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 import typing
@@ -50,6 +51,12 @@ def arg_dataclass(fn: Callable[..., Any]) -> type | None:
     return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
 
 
+@functools.cache
+def _not_init(cls: type) -> frozenset[str]:
+    """The fields of a dataclass that its ``__init__`` does not take."""
+    return frozenset(f.name for f in dataclasses.fields(cls) if not f.init)
+
+
 def coerce_args(handler: Handler, args: Any) -> Any:
     """Turn JSON args into what the handler takes (a dataclass when it is annotated so)."""
     cls = handler.arg_type
@@ -58,6 +65,9 @@ def coerce_args(handler: Handler, args: Any) -> Any:
     if not isinstance(args, dict):
         raise TypeError(f"handler {handler.name!r} takes {cls.__name__}; got "
                         f"{type(args).__name__} args")
+    computed = _not_init(cls)
+    if computed:  # stored from an instance, made by the class itself (field(init=False))
+        args = {key: value for key, value in args.items() if key not in computed}
     try:
         return cls(**args)
     except TypeError as exc:

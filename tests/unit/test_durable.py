@@ -362,6 +362,21 @@ def test_step_args_that_are_not_json_fail_the_job_naming_the_problem(
     outcome = run(calls, workflow)
     assert outcome.kind == "failed" and outcome.error.type == error
     assert says in outcome.error.message and calls.ran("echo") == 0
+    # Too large is too large at every attempt: no retry uses one up.
+    assert outcome.no_retry is (error == "PayloadTooLargeError")
+
+
+def test_a_step_result_over_1_mib_fails_the_job_without_retry() -> None:
+    calls = Calls()
+    calls.add("big", lambda _args: "x" * (1024 * 1024))
+
+    def workflow(_args: Any) -> Any:
+        return jobs.call("big")
+
+    outcome = run(calls, workflow)
+    assert outcome.kind == "failed" and outcome.no_retry
+    assert outcome.error.type == "PayloadTooLargeError"
+    assert "the result of step 'big'" in outcome.error.message
 
 
 def test_async_step_from_sync_and_async_workflows() -> None:

@@ -481,3 +481,29 @@ def test_an_orm_session_as_connection_is_named(tmp_path) -> None:  # noqa: ANN00
     with store.read() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM jobs").scalar_one() == 1
     store.dispose()
+
+
+@dataclasses.dataclass
+class Order:
+    id: int
+    total: int = dataclasses.field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.total = self.id * 10
+
+
+def handle_order(order: Order) -> int:
+    return order.total
+
+
+def test_args_stored_from_an_instance_with_init_false_fields_fit_again() -> None:
+    """The stored JSON of an instance holds its init=False fields; the handler's class is
+    built from the others (it makes those itself), as from a dict without them."""
+    from durable_jobs.engine.registry import Registry, coerce_args
+
+    handler = Registry().add("order", handle_order, HandlerOptions())
+    stored = json.loads(encode_json(Order(7)))
+    assert stored == {"id": 7, "total": 70}
+    assert coerce_args(handler, stored) == Order(7)
+    with pytest.raises(TypeError, match="args do not fit Order"):
+        coerce_args(handler, {"id": 7, "unknown": 1})  # other keys still do not fit
