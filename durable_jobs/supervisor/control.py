@@ -60,6 +60,8 @@ class Control:
     def on_actor_exit(self, actor: Actor, code: int) -> None:
         if actor.job is not None:
             description = exit_description(code)
+            if actor.stop_reason is not None and actor.stop_reason.startswith("silent"):
+                description += f": killed by its supervisor, {actor.stop_reason}"
             log.error("actor %s running job %s died: %s", actor.id, actor.job.job_id,
                       description)
             self.fail_running(actor, JobError("ActorExited", description), retry_now=True)

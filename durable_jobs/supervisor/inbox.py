@@ -110,6 +110,8 @@ class Inbox:
             return  # stale: the job was timed out, cancelled or released meanwhile
         actor.jobs.popleft()
         actor.jobs_done += 1
+        if actor.jobs_done == 1:
+            self.pool.served(actor)
         if actor.jobs:
             self._starts(actor.jobs[0], time.monotonic())
         elif actor.state is ActorState.BUSY:
@@ -135,7 +137,14 @@ class Inbox:
             reason = f"served {actor.jobs_done} jobs"
         elif settings.max_memory_mb and rss_mb > settings.max_memory_mb:
             reason = f"uses {rss_mb:.0f} MiB > max_memory_mb {settings.max_memory_mb}"
-        if reason is not None and actor.state is ActorState.IDLE and not actor.jobs:
+        elif actor.retiring:
+            reason = "retiring"
+        if reason is None:
+            return
+        # With prefetch an actor is rarely idle while work waits: it takes no new leases,
+        # runs those it holds, and is recycled once it has none.
+        actor.retiring = True
+        if actor.state is ActorState.IDLE and not actor.jobs:
             log.info("recycling actor %s: %s", actor.id, reason)
             self.send(actor.id, p.Stop())
             actor.state = ActorState.STOPPING

@@ -19,13 +19,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from durable_jobs.engine.errors import DurableJobsError
+
 log = logging.getLogger("durable_jobs.supervisor")
 
 BOOT_GIVE_UP = 5  # consecutive boot failures of a queue's actors before giving up
 TERM_GRACE = 1.0  # SIGTERM -> SIGKILL
+LATE_BOOT_DEATH = 10.0  # s after booting within which an idle actor's death is a boot failure
 
 
-class BootError(RuntimeError):
+class BootError(DurableJobsError, RuntimeError):
     """Actors keep dying before they can load their handlers."""
 
 
@@ -76,6 +79,9 @@ class Actor:
     last_seen: float = field(default_factory=time.monotonic)
     kill_at: float | None = None  # monotonic: SIGKILL if still alive then
     stop_reason: str | None = None
+    limit: int | None = None  # max_jobs_per_actor: leases it may ever take
+    retiring: bool = False  # to be recycled: takes no more leases, stops once it has none
+    booted_at: float | None = None  # monotonic
 
     @property
     def job(self) -> Running | None:
@@ -84,9 +90,12 @@ class Actor:
 
     def capacity(self, depth: int) -> int:
         """How many more leases this actor may hold (0 unless it is booted and live)."""
-        if self.state not in (ActorState.IDLE, ActorState.BUSY):
+        if self.state not in (ActorState.IDLE, ActorState.BUSY) or self.retiring:
             return 0
-        return depth - len(self.jobs)
+        room = depth - len(self.jobs)
+        if self.limit is not None:  # with prefetch, never more than the limit in all
+            room = min(room, self.limit - self.jobs_done - len(self.jobs))
+        return max(room, 0)
 
 
 class Pool:
@@ -116,7 +125,8 @@ class Pool:
              "--heartbeat", str(self.heartbeat_interval)],
             stdin=subprocess.DEVNULL, close_fds=True,
         )
-        actor = Actor(actor_id, queue, proc, os.pidfd_open(proc.pid))
+        actor = Actor(actor_id, queue, proc, os.pidfd_open(proc.pid),
+                      limit=self.queues[queue].max_jobs_per_actor)
         self.actors[actor_id] = actor
         self.by_pidfd[actor.pidfd] = actor
         return actor
@@ -149,6 +159,10 @@ class Pool:
 
     def booted(self, actor: Actor) -> None:
         actor.state = ActorState.IDLE
+        actor.booted_at = time.monotonic()
+
+    def served(self, actor: Actor) -> None:
+        """The actor finished a job: its queue's actors do boot (the back-off starts over)."""
         self.boot_failures[actor.queue] = 0
 
     def stop(self, actor: Actor, reason: str, force: bool = False) -> None:
@@ -180,9 +194,20 @@ class Pool:
         code = actor.proc.wait()
         os.close(pidfd)
         self.actors.pop(actor.id, None)
-        if actor.state is ActorState.STARTING:
+        if actor.state is ActorState.STARTING or self._died_idle_after_boot(actor):
+            if not self.last_boot_error:
+                self.last_boot_error = exit_description(code)
             self._boot_failed(actor.queue)
         return actor, code
+
+    @staticmethod
+    def _died_idle_after_boot(actor: Actor) -> bool:
+        """Died unasked with no job, before serving one, soon after it loaded its handlers
+        (a thread of the app that ends the process, say): a boot failure too, or such
+        actors would be restarted for ever."""
+        return (not actor.jobs and actor.jobs_done == 0 and actor.stop_reason is None
+                and actor.booted_at is not None
+                and time.monotonic() - actor.booted_at < LATE_BOOT_DEATH)
 
     def _boot_failed(self, queue: str) -> None:
         self.boot_failures[queue] += 1
@@ -190,7 +215,8 @@ class Pool:
         if failures >= BOOT_GIVE_UP:
             raise BootError(
                 f"actors of queue {queue!r} died {failures} times in a row before loading "
-                f"their handlers; giving up. Last error:\n{self.last_boot_error or '(none)'}")
+                f"their handlers (or soon after, before serving a job); giving up. Last "
+                f"error:\n{self.last_boot_error or '(none)'}")
         self.respawn_at[queue] = time.monotonic() + 0.1 * 2 ** failures
 
     def close(self, timeout: float) -> None:

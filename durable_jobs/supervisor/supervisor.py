@@ -115,6 +115,7 @@ class Supervisor(Inbox, Control):
         self.hot: set[str] = set()
         self.drain_deadline = 0.0
         self.started = threading.Event()
+        self.running = False  # open() succeeded: the loop ran
         self.error: BaseException | None = None
         self.registered = False  # our supervisors row exists
         # Zero prefetch: an actor holds one lease, the one it runs. Otherwise a few more are
@@ -169,6 +170,11 @@ class Supervisor(Inbox, Control):
     def _init_message(self) -> p.Init:
         import sys
 
+        # A script run as a multiprocessing "spawn" child is the module __mp_main__, which
+        # no actor can import: its handlers travel by value, as a script's __main__ ones do.
+        spawned_main = sys.modules.get("__mp_main__")
+        if spawned_main is not None:
+            cloudpickle.register_pickle_by_value(spawned_main)
         try:
             blob = cloudpickle.dumps(self.queue.registry)
         except Exception as exc:  # noqa: BLE001 - name the unpicklable handler
@@ -184,6 +190,7 @@ class Supervisor(Inbox, Control):
         """Run until stopped (SIGTERM/SIGINT, ``stop()``); blocks."""
         try:
             self.open(install_signals)
+            self.running = True
             self.started.set()
             while self.phase is not Phase.STOPPED:
                 self.turn()
@@ -310,9 +317,10 @@ class Supervisor(Inbox, Control):
                 self.release_queued(actor)
             elif actor.state in (ActorState.IDLE, ActorState.BUSY) and \
                     now - actor.last_seen > silent_after:
-                log.error("actor %s silent for %.1f s; killing it", actor.id,
-                          now - actor.last_seen)
-                self.pool.stop(actor, "silent", force=True)
+                silent = (f"silent for {now - actor.last_seen:.1f} s (no heartbeat: a "
+                          "handler holding the GIL in C code?)")
+                log.error("actor %s %s; killing it", actor.id, silent)
+                self.pool.stop(actor, silent, force=True)
             elif actor.state is ActorState.STARTING and now - actor.last_seen > BOOT_TIMEOUT:
                 log.error("actor %s did not boot within %s s; killing it", actor.id,
                           BOOT_TIMEOUT)

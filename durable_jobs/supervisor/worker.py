@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping
 from datetime import timedelta
@@ -14,6 +15,8 @@ from durable_jobs.engine.options import check_name, to_seconds
 from durable_jobs.supervisor.control import Phase
 from durable_jobs.supervisor.pool import QueueSettings
 from durable_jobs.supervisor.supervisor import Supervisor, SupervisorOptions
+
+log = logging.getLogger("durable_jobs.supervisor")
 
 
 class Worker:
@@ -74,8 +77,13 @@ class Worker:
     def _run_thread(self) -> None:
         try:
             self.supervisor.run(install_signals=False)
-        except BaseException:  # noqa: BLE001 - kept on the supervisor for stop()/start()
+        except (KeyboardInterrupt, SystemExit):
             pass
+        except BaseException as exc:  # noqa: BLE001 - kept on the supervisor for stop()/start()
+            # Said now, not only at stop(): jobs wait meanwhile (actors that cannot load
+            # their handlers, say).
+            if self.supervisor.running:  # (a failed start is raised by start() itself)
+                log.error("worker %s stopped: %s", self.id, exc)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Drain: stop claiming, let running jobs finish for ``timeout`` s, then release."""

@@ -9,6 +9,7 @@ Side effects in actors are counted by appending lines to files under ``tmp_path`
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import pickle
@@ -349,6 +350,45 @@ def test_a_hook_that_calls_sys_exit_is_logged_and_the_worker_goes_on(
     assert "on_complete hook 'exits' raised" in caplog.text
 
 
+SPAWNED_SCRIPT = """
+import multiprocessing, sys
+import durable_jobs as jobs
+
+def double(n):  # in the spawn child this is __mp_main__.double, which no actor can import
+    return 2 * n
+
+def child(url):
+    queue = jobs.Queue(jobs.Store(url))
+    queue.register("double", double)
+    with queue.worker({"default": 1}, poll_interval=0.1):
+        print("result", queue.result(queue.enqueue("double", 21), timeout=20), flush=True)
+
+if __name__ == "__main__":
+    process = multiprocessing.get_context("spawn").Process(target=child, args=(sys.argv[1],))
+    process.start()
+    process.join(40)
+    sys.exit(process.exitcode)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_in_a_spawned_child_runs_the_scripts_handlers(
+        db_url: str, tmp_path: Path, processes: Any) -> None:
+    """API.md §2: handlers defined in a script must work, also where multiprocessing's
+    spawn made the script the module __mp_main__ (they used to travel by reference)."""
+    import subprocess
+    import sys as sys_module
+
+    script = tmp_path / "spawner.py"
+    script.write_text(SPAWNED_SCRIPT)
+    root = Path(__file__).resolve().parents[2]
+    proc = processes.start([sys_module.executable, str(script), db_url], cwd=tmp_path,
+                           env={**os.environ, "PYTHONPATH": str(root)},
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=50)
+    assert proc.returncode == 0 and "result 42" in out.decode(), err.decode()[-2000:]
+
+
 # -- 6. recycling actors --------------------------------------------------------------------
 
 
@@ -374,6 +414,43 @@ def test_max_memory_mb_replaces_a_bloated_actor(queue: jobs.Queue) -> None:
         after = queue.result(queue.enqueue("pid"), timeout=15)
         assert after != first
         wait_until(lambda: not pid_alive(first), timeout=5, message="bloated actor to exit")
+
+
+@pytest.mark.timeout(60)
+def test_recycling_holds_with_prefetch_and_a_backlog(queue: jobs.Queue) -> None:
+    """With prefetch an actor always holds the next leases, so it was never idle and never
+    recycled: now it takes no more leases than its limit, and bloated, none at all."""
+    queue.register("pid", pid_of_actor)
+    queue.register("hog", hog)
+    with queue.worker({"default": 1}, poll_interval=0.1, prefetch=4, max_jobs_per_actor=3):
+        ids = queue.enqueue_many([jobs.Sub("pid") for _ in range(12)])
+        pids = [queue.result(job_id, timeout=30) for job_id in ids]
+    assert sorted(collections.Counter(pids).values()) == [3, 3, 3, 3], pids
+    with queue.worker({"default": 1}, poll_interval=0.1, prefetch=4, max_memory_mb=150):
+        ids = queue.enqueue_many([jobs.Sub("hog", {"mb": 200})]
+                                 + [jobs.Sub("pid") for _ in range(20)])
+        bloated = queue.result(ids[0], timeout=30)
+        later = [queue.result(job_id, timeout=30) for job_id in ids[1:]]
+    assert later.count(bloated) <= 4, "the bloated actor kept taking new leases"
+
+
+@pytest.mark.timeout(60)
+def test_actors_that_die_idle_right_after_booting_make_the_worker_give_up(
+        queue: jobs.Queue, caplog: pytest.LogCaptureFixture) -> None:
+    """They were restarted for ever with no back-off (only deaths before the handlers were
+    loaded counted). Now they count as boot failures: the worker backs off, gives up,
+    logs why, and stop() raises it, naming the exit."""
+    from tests.integration.apps.dies_after_boot import noop
+
+    queue.register("noop", noop)  # by reference: actors import the module, and its thread
+    worker = queue.worker({"default": 1}, poll_interval=0.1).start()
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="durable_jobs.supervisor"):
+        wait_until(lambda: not worker.running, timeout=40, message="the worker to give up")
+    assert time.monotonic() - started > 1.0  # after backing off, not at the first death
+    with pytest.raises(jobs.DurableJobsError, match="exited with code 7"):
+        worker.stop(timeout=5)
+    assert "stopped" in caplog.text and "giving up" in caplog.text
 
 
 # -- 7. garbage on the supervisor's socket ----------------------------------------------------
