@@ -13,7 +13,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from durable_jobs.engine.errors import DurableJobsError, StoreUnavailableError, message_of
+from durable_jobs.engine.errors import (
+    DurableJobsError,
+    InvalidNameError,
+    InvalidOptionError,
+    StoreUnavailableError,
+    message_of,
+)
 from durable_jobs.engine.job import PauseMode
 from durable_jobs.engine.queue import Queue
 from durable_jobs.engine.registry import import_path
@@ -73,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="validate the config and import the app, then exit")
     parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
-                        default=os.environ.get("DURABLE_LOG_LEVEL", "INFO"))
+                        default=os.environ.get("DURABLE_LOG_LEVEL") or "INFO")
     args = parser.parse_args(argv)
     if args.log_level not in LOG_LEVELS:  # (from DURABLE_LOG_LEVEL: choices skip defaults)
         parser.error(f"DURABLE_LOG_LEVEL: invalid level {args.log_level!r} "
@@ -197,10 +203,15 @@ def operator_main(argv: list[str] | None = None) -> int:
         return _fail("durable-jobs", str(exc), EXIT_USAGE)
     try:
         OPERATIONS[args.command](Queue(store), args)
-    except ConfigError as exc:
+    except (ConfigError, InvalidOptionError, InvalidNameError) as exc:  # bad usage
         return _fail("durable-jobs", str(exc), EXIT_USAGE)
     except DurableJobsError as exc:
         return _fail("durable-jobs", str(exc), EXIT_FAILURE)
+    except Exception as exc:  # noqa: BLE001 - a database error status/pause-worker met
+        clear = store.explain(exc)
+        if clear is None:
+            raise
+        return _fail("durable-jobs", str(clear), EXIT_FAILURE)
     finally:
         store.dispose()
     if args.command not in QUIET:

@@ -59,7 +59,7 @@ DELETES = [text(f"{_TREE}\nDELETE FROM {table} WHERE {column} IN (SELECT id FROM
 def id_bound(cutoff: float) -> str:
     """The smallest job id made at ``cutoff`` (epoch seconds): every job created before the
     cutoff has a smaller id (its first 48 bits are its milliseconds, in hex)."""
-    head = f"{max(0, int(cutoff * 1000)):012x}"
+    head = f"{int(max(cutoff, 0.0) * 1000):012x}"  # (no job is from before 1970)
     return f"{head[:8]}-{head[8:12]}-0000-0000-000000000000"
 
 
@@ -79,7 +79,9 @@ def prune(conn: Connection, dialect: Dialect, older_than: float, after: str = ""
     (at least one tree, whatever its size)."""
     if not dialect.prune_lock(conn):
         return Pruned(0, after, busy=True)
-    cutoff = float(conn.execute(text(f"SELECT {dialect.now_sql}")).scalar_one()) - older_than
+    # Not before 1970 (no job id is), so that no older_than, however large, overflows.
+    cutoff = max(float(conn.execute(text(f"SELECT {dialect.now_sql}")).scalar_one())
+                 - older_than, 0.0)
     roots = list(conn.execute(CANDIDATES, {"after": after, "bound": id_bound(cutoff),
                                            "cutoff": cutoff, "limit": limit}).scalars())
     if not roots:

@@ -108,6 +108,27 @@ def test_errors_exit_1_with_a_clear_message(queue: jobs.Queue, db_url: str,
 
 
 @pytest.mark.timeout(30)
+def test_bad_input_exits_2_and_a_database_without_tables_is_one_line(
+        queue: jobs.Queue, db_url: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    db = ("--database", db_url)
+    for argv in (("pause-queue", "bad name!"), ("prune", "--older-than", "-5"),
+                 ("prune", "--older-than", "nan")):
+        code, out, err = run(capsys, *db, *argv)
+        assert (code, out) == (2, ""), argv
+        assert err.startswith("durable-jobs: error: ") and err.count("\n") == 1, err
+    code, out, _ = run(capsys, *db, "prune", "--older-than", "1e306")  # used to overflow
+    assert (code, out) == (0, "prune: deleted 0 jobs\n")
+
+    fresh = f"sqlite:///{tmp_path}/fresh.db"  # never migrated
+    for argv in (("status",), ("pause-worker", "x"), ("pause-queue", "q")):
+        code, out, err = run(capsys, "--database", fresh, *argv)
+        assert (code, out) == (1, ""), argv
+        assert "has no durable-jobs tables" in err and "store.migrate()" in err, err
+        assert err.count("\n") == 1, err
+
+
+@pytest.mark.timeout(30)
 def test_no_database_exits_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                              capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("DURABLE_DATABASE_URL", raising=False)
@@ -217,7 +238,7 @@ def test_prune_deletes_old_finished_jobs_and_says_how_many(
     assert run(capsys, *db, "prune", "--older-than", "3600") == (
         0, "prune: deleted 0 jobs\n", "")
     code, out, err = run(capsys, *db, "prune", "--older-than", "-1")
-    assert code == 1 and "older_than must be a finite number >= 0" in err
+    assert code == 2 and "older_than must be a finite number >= 0" in err  # bad input
     wait_until(lambda: run(capsys, *db, "prune", "--older-than", "0")[1]
                == "prune: deleted 1 jobs\n", timeout=5)
     with pytest.raises(jobs.JobNotFoundError):
