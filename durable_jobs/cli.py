@@ -104,14 +104,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_supervisor(prog: str, queue: Queue, options: Any, store: Store) -> int:
-    from durable_jobs.supervisor.pool import BootError
     from durable_jobs.supervisor.supervisor import Supervisor
 
     try:
         Supervisor(queue, options, store).run(install_signals=True)
     except StoreUnavailableError as exc:  # a runtime failure (the server may come back)
         return _fail(prog, f"database.url: {exc}", EXIT_FAILURE)
-    except (DurableJobsError, BootError) as exc:
+    except DurableJobsError as exc:  # BootError too
         return _fail(prog, str(exc), EXIT_FAILURE)
     except KeyboardInterrupt:
         return EXIT_OK

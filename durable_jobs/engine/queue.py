@@ -379,7 +379,8 @@ class Queue:
             except Exception as exc:  # noqa: BLE001 - only database errors are handled
                 # SQLite's "database is locked" comes after its whole busy timeout (30 s):
                 # a retry would only wait that long again.
-                if not is_transient(exc) or "database is locked" in _first_line(exc):
+                if not is_transient(exc) or (self.store.dialect.name == "sqlite"
+                                             and "database is locked" in _first_line(exc)):
                     raise
                 if attempt == tries:
                     raise StoreUnavailableError(

@@ -65,14 +65,18 @@ def coerce_args(handler: Handler, args: Any) -> Any:
     if not isinstance(args, dict):
         raise TypeError(f"handler {handler.name!r} takes {cls.__name__}; got "
                         f"{type(args).__name__} args")
+    # Fields the class's __init__ does not take (field(init=False)) were stored from an
+    # instance: it is built from the others, then given their stored values back.
     computed = _not_init(cls)
-    if computed:  # stored from an instance, made by the class itself (field(init=False))
-        args = {key: value for key, value in args.items() if key not in computed}
+    given = {key: value for key, value in args.items() if key not in computed}
     try:
-        return cls(**args)
+        value = cls(**given)
     except TypeError as exc:
         raise TypeError(f"args do not fit {cls.__name__} for handler {handler.name!r}: "
                         f"{exc}") from None
+    for key in computed.intersection(args):
+        object.__setattr__(value, key, args[key])
+    return value
 
 
 class Registry:

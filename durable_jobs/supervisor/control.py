@@ -19,7 +19,7 @@ from durable_jobs.engine.job import PauseMode
 from durable_jobs.engine.outcomes import Fail, Failed
 from durable_jobs.engine.redact import redact_for_storage
 from durable_jobs.store.leases import Release
-from durable_jobs.supervisor.pool import Actor, ActorState, exit_description
+from durable_jobs.supervisor.pool import SILENT, Actor, ActorState, exit_description
 
 if TYPE_CHECKING:
     from durable_jobs.supervisor.dispatch import Dispatcher, Flushed
@@ -54,13 +54,14 @@ class Control:
     if TYPE_CHECKING:  # declared only: a body here would shadow the real one in the MRO
         def send(self, actor_id: str, message: Any) -> None: ...
         def _decide(self, job: Running, failed: Failed) -> Any: ...
+        def retire_if_done(self, actor: Actor) -> None: ...
         @staticmethod
         def _starts(job: Running, now: float) -> None: ...
 
     def on_actor_exit(self, actor: Actor, code: int) -> None:
         if actor.job is not None:
             description = exit_description(code)
-            if actor.stop_reason is not None and actor.stop_reason.startswith("silent"):
+            if actor.stop_reason is not None and actor.stop_reason.startswith(SILENT):
                 description += f": killed by its supervisor, {actor.stop_reason}"
             log.error("actor %s running job %s died: %s", actor.id, actor.job.job_id,
                       description)
@@ -130,6 +131,7 @@ class Control:
                     actor.state = ActorState.IDLE
                 self.dispatcher.add_write(job, Release())
                 self.wake.notified = True
+                self.retire_if_done(actor)
                 return
 
     def release_running(self, actor: Actor, reason: str) -> None:

@@ -85,21 +85,21 @@ class Inbox:
             case p.Ready(version=version) if version != p.VERSION:
                 # durable-jobs was upgraded in place while this supervisor ran: the new
                 # actor speaks another protocol. It exits; repeated, this is a boot failure.
-                self.pool.last_boot_error = (
+                actor.boot_error = (
                     f"actor {actor.id} speaks protocol version {version}, this supervisor "
                     f"{p.VERSION}: restart the supervisor after upgrading durable-jobs")
-                log.error("%s", self.pool.last_boot_error)
+                log.error("%s", actor.boot_error)
                 self.send(actor.id, p.Stop())
             case p.Ready():
                 self.send(actor.id, self.init)
             case p.Booted():
                 if actor.state is ActorState.STARTING:
-                    self.pool.booted(actor)
+                    self.pool.booted(actor, now)
                     # A wake-up that came while no actor was idle was spent on an empty
                     # claim plan: a fresh idle actor must look for work now, not next poll.
                     self.wake.notified = True
             case p.BootFailed(error=error):
-                self.pool.last_boot_error = error
+                actor.boot_error = error
                 log.error("actor %s could not load the handlers:\n%s", actor.id, error)
             case _:
                 log.warning("unexpected %s from actor %s", type(message).__name__, actor.id)
@@ -110,8 +110,8 @@ class Inbox:
             return  # stale: the job was timed out, cancelled or released meanwhile
         actor.jobs.popleft()
         actor.jobs_done += 1
-        if actor.jobs_done == 1:
-            self.pool.served(actor)
+        if not actor.proven:
+            self.pool.proven(actor)
         if actor.jobs:
             self._starts(actor.jobs[0], time.monotonic())
         elif actor.state is ActorState.BUSY:
@@ -132,20 +132,21 @@ class Inbox:
 
     def _maybe_recycle(self, actor: Actor, rss_mb: float) -> None:
         settings = self.options.queues[actor.queue]
-        reason = None
-        if settings.max_jobs_per_actor and actor.jobs_done >= settings.max_jobs_per_actor:
-            reason = f"served {actor.jobs_done} jobs"
-        elif settings.max_memory_mb and rss_mb > settings.max_memory_mb:
-            reason = f"uses {rss_mb:.0f} MiB > max_memory_mb {settings.max_memory_mb}"
-        elif actor.retiring:
-            reason = "retiring"
-        if reason is None:
-            return
-        # With prefetch an actor is rarely idle while work waits: it takes no new leases,
-        # runs those it holds, and is recycled once it has none.
-        actor.retiring = True
-        if actor.state is ActorState.IDLE and not actor.jobs:
-            log.info("recycling actor %s: %s", actor.id, reason)
+        if actor.retiring is None:
+            if settings.max_jobs_per_actor and actor.jobs_done >= settings.max_jobs_per_actor:
+                actor.retiring = f"served {actor.jobs_done} jobs"
+            elif settings.max_memory_mb and rss_mb > settings.max_memory_mb:
+                actor.retiring = (f"uses {rss_mb:.0f} MiB > max_memory_mb "
+                                  f"{settings.max_memory_mb}")
+        # With prefetch an actor is rarely idle while work waits: a retiring one takes no
+        # new leases, runs those it holds, and is recycled once it has none.
+        self.retire_if_done(actor)
+
+    def retire_if_done(self, actor: Actor) -> None:
+        """Recycle a retiring actor that holds no more leases (after its last outcome, or
+        after its last queued lease was handed back)."""
+        if actor.retiring is not None and actor.state is ActorState.IDLE and not actor.jobs:
+            log.info("recycling actor %s: %s", actor.id, actor.retiring)
             self.send(actor.id, p.Stop())
             actor.state = ActorState.STOPPING
             actor.stop_reason = "recycle"

@@ -25,6 +25,7 @@ log = logging.getLogger("durable_jobs.supervisor")
 
 BOOT_GIVE_UP = 5  # consecutive boot failures of a queue's actors before giving up
 TERM_GRACE = 1.0  # SIGTERM -> SIGKILL
+SILENT = "silent for"  # how a stop for silence begins: its job's error says so
 LATE_BOOT_DEATH = 10.0  # s after booting within which an idle actor's death is a boot failure
 
 
@@ -80,8 +81,10 @@ class Actor:
     kill_at: float | None = None  # monotonic: SIGKILL if still alive then
     stop_reason: str | None = None
     limit: int | None = None  # max_jobs_per_actor: leases it may ever take
-    retiring: bool = False  # to be recycled: takes no more leases, stops once it has none
+    retiring: str | None = None  # why it is to be recycled: no more leases; stops when empty
     booted_at: float | None = None  # monotonic
+    proven: bool = False  # it served a job, or lived past LATE_BOOT_DEATH
+    boot_error: str | None = None  # what it said when it could not load the handlers
 
     @property
     def job(self) -> Running | None:
@@ -90,7 +93,7 @@ class Actor:
 
     def capacity(self, depth: int) -> int:
         """How many more leases this actor may hold (0 unless it is booted and live)."""
-        if self.state not in (ActorState.IDLE, ActorState.BUSY) or self.retiring:
+        if self.state not in (ActorState.IDLE, ActorState.BUSY) or self.retiring is not None:
             return 0
         room = depth - len(self.jobs)
         if self.limit is not None:  # with prefetch, never more than the limit in all
@@ -139,6 +142,10 @@ class Pool:
 
     def fill(self, now: float) -> list[Actor]:
         """Spawn actors where a queue lacks them and its boot back-off allows."""
+        for actor in self.actors.values():
+            if not actor.proven and actor.booted_at is not None \
+                    and now - actor.booted_at >= LATE_BOOT_DEATH:
+                self.proven(actor)
         spawned = []
         for queue in self.queues:
             if now < self.respawn_at[queue]:
@@ -157,13 +164,16 @@ class Pool:
     def busy(self) -> list[Actor]:
         return [a for a in self.actors.values() if a.jobs]
 
-    def booted(self, actor: Actor) -> None:
+    def booted(self, actor: Actor, now: float) -> None:
         actor.state = ActorState.IDLE
-        actor.booted_at = time.monotonic()
+        actor.booted_at = now
 
-    def served(self, actor: Actor) -> None:
-        """The actor finished a job: its queue's actors do boot (the back-off starts over)."""
+    def proven(self, actor: Actor) -> None:
+        """The actor served a job or lived long: its queue's actors do boot (the back-off
+        starts over)."""
+        actor.proven = True
         self.boot_failures[actor.queue] = 0
+        self.last_boot_error = ""
 
     def stop(self, actor: Actor, reason: str, force: bool = False) -> None:
         """SIGTERM now (SIGKILL after a short grace), or SIGKILL at once with ``force``."""
@@ -186,7 +196,7 @@ class Pool:
                     pass
                 actor.kill_at = None
 
-    def reap(self, pidfd: int) -> tuple[Actor, int] | None:
+    def reap(self, pidfd: int, now: float) -> tuple[Actor, int] | None:
         """The actor behind a readable pidfd has exited: forget it; returns its exit code."""
         actor = self.by_pidfd.pop(pidfd, None)
         if actor is None:
@@ -194,22 +204,22 @@ class Pool:
         code = actor.proc.wait()
         os.close(pidfd)
         self.actors.pop(actor.id, None)
-        if actor.state is ActorState.STARTING or self._died_idle_after_boot(actor):
-            if not self.last_boot_error:
-                self.last_boot_error = exit_description(code)
-            self._boot_failed(actor.queue)
+        if actor.state is ActorState.STARTING or self._died_idle_after_boot(actor, code, now):
+            self.last_boot_error = actor.boot_error or exit_description(code)
+            self._boot_failed(actor.queue, now)
         return actor, code
 
     @staticmethod
-    def _died_idle_after_boot(actor: Actor) -> bool:
-        """Died unasked with no job, before serving one, soon after it loaded its handlers
-        (a thread of the app that ends the process, say): a boot failure too, or such
-        actors would be restarted for ever."""
-        return (not actor.jobs and actor.jobs_done == 0 and actor.stop_reason is None
-                and actor.booted_at is not None
-                and time.monotonic() - actor.booted_at < LATE_BOOT_DEATH)
+    def _died_idle_after_boot(actor: Actor, code: int, now: float) -> bool:
+        """Ended by itself (not killed) with no job, before serving one, soon after it
+        loaded its handlers (a thread of the app that ends the process, say): a boot
+        failure too, or such actors would be restarted for ever. An actor killed from
+        outside (an operator, the OOM killer) is not one."""
+        return (not actor.jobs and not actor.proven and actor.stop_reason is None
+                and code not in (-signal.SIGKILL, -signal.SIGTERM)
+                and actor.booted_at is not None and now - actor.booted_at < LATE_BOOT_DEATH)
 
-    def _boot_failed(self, queue: str) -> None:
+    def _boot_failed(self, queue: str, now: float) -> None:
         self.boot_failures[queue] += 1
         failures = self.boot_failures[queue]
         if failures >= BOOT_GIVE_UP:
@@ -217,7 +227,7 @@ class Pool:
                 f"actors of queue {queue!r} died {failures} times in a row before loading "
                 f"their handlers (or soon after, before serving a job); giving up. Last "
                 f"error:\n{self.last_boot_error or '(none)'}")
-        self.respawn_at[queue] = time.monotonic() + 0.1 * 2 ** failures
+        self.respawn_at[queue] = now + 0.1 * 2 ** failures
 
     def close(self, timeout: float) -> None:
         """Kill whatever is left and wait for it."""

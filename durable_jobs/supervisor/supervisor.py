@@ -39,6 +39,7 @@ from durable_jobs.supervisor.duties import Duties
 from durable_jobs.supervisor.hooks import Hooks
 from durable_jobs.supervisor.inbox import Inbox
 from durable_jobs.supervisor.pool import (
+    SILENT,
     ActorState,
     Pool,
     QueueSettings,
@@ -115,7 +116,7 @@ class Supervisor(Inbox, Control):
         self.hot: set[str] = set()
         self.drain_deadline = 0.0
         self.started = threading.Event()
-        self.running = False  # open() succeeded: the loop ran
+        self.opened = False  # open() succeeded: the loop ran
         self.error: BaseException | None = None
         self.registered = False  # our supervisors row exists
         # Zero prefetch: an actor holds one lease, the one it runs. Otherwise a few more are
@@ -172,13 +173,19 @@ class Supervisor(Inbox, Control):
 
         # A script run as a multiprocessing "spawn" child is the module __mp_main__, which
         # no actor can import: its handlers travel by value, as a script's __main__ ones do.
+        # (Registered for this one dumps only: the host program's own cloudpickle use stays.)
         spawned_main = sys.modules.get("__mp_main__")
-        if spawned_main is not None:
+        by_value = spawned_main is not None and \
+            "__mp_main__" not in cloudpickle.list_registry_pickle_by_value()
+        if by_value:
             cloudpickle.register_pickle_by_value(spawned_main)
         try:
             blob = cloudpickle.dumps(self.queue.registry)
         except Exception as exc:  # noqa: BLE001 - name the unpicklable handler
             raise DurableJobsError(f"cannot send the handlers to actors: {exc}") from exc
+        finally:
+            if by_value:
+                cloudpickle.unregister_pickle_by_value(spawned_main)
         measure = any(q.max_memory_mb for q in self.options.queues.values())
         # A supervisor stuck in a slow database call must not make every actor quit (and
         # every running job use an attempt): actors wait as long as a lease lasts. A dead
@@ -190,7 +197,7 @@ class Supervisor(Inbox, Control):
         """Run until stopped (SIGTERM/SIGINT, ``stop()``); blocks."""
         try:
             self.open(install_signals)
-            self.running = True
+            self.opened = True
             self.started.set()
             while self.phase is not Phase.STOPPED:
                 self.turn()
@@ -243,7 +250,7 @@ class Supervisor(Inbox, Control):
     def tick(self) -> None:
         now = time.monotonic()
         self.handle_signals()
-        self.reap_exited()
+        self.reap_exited(now)
         self.keep_pool(now)
         self.read_messages(now)
         self.enforce_limits(now)
@@ -273,11 +280,11 @@ class Supervisor(Inbox, Control):
             elif command == "resume":
                 self.resume()
 
-    def reap_exited(self) -> None:
+    def reap_exited(self, now: float) -> None:
         exited, self.wake.exited = self.wake.exited, []
         for pidfd in exited:
             self.poller.unregister(pidfd)
-            reaped = self.pool.reap(pidfd)
+            reaped = self.pool.reap(pidfd, now)
             if reaped is not None:
                 self.on_actor_exit(*reaped)
 
@@ -317,7 +324,7 @@ class Supervisor(Inbox, Control):
                 self.release_queued(actor)
             elif actor.state in (ActorState.IDLE, ActorState.BUSY) and \
                     now - actor.last_seen > silent_after:
-                silent = (f"silent for {now - actor.last_seen:.1f} s (no heartbeat: a "
+                silent = (f"{SILENT} {now - actor.last_seen:.1f} s (no heartbeat: a "
                           "handler holding the GIL in C code?)")
                 log.error("actor %s %s; killing it", actor.id, silent)
                 self.pool.stop(actor, silent, force=True)

@@ -82,7 +82,7 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001 - kept on the supervisor for stop()/start()
             # Said now, not only at stop(): jobs wait meanwhile (actors that cannot load
             # their handlers, say).
-            if self.supervisor.running:  # (a failed start is raised by start() itself)
+            if self.supervisor.opened:  # (a failed start is raised by start() itself)
                 log.error("worker %s stopped: %s", self.id, exc)
 
     def stop(self, timeout: float = 30.0) -> None:

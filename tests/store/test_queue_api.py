@@ -341,6 +341,19 @@ def test_enqueue_many_announces_each_job_before_its_other_events(
     assert seen == [("JobEnqueued", ids[0]), ("JobEnqueued", ids[1]), ("JobStarted", ids[0])]
 
 
+def test_a_failed_enqueue_holds_nothing_back_and_announces_nothing(
+        queue: jobs.Queue) -> None:
+    queue.enqueue("a", unique="k")
+    events = queue.events()
+    with pytest.raises(jobs.DuplicateJobError):
+        queue.enqueue("a", unique="k")
+    with pytest.raises(TypeError):
+        queue.enqueue_many([jobs.Sub("a"), jobs.Sub("a", {1, 2})])
+    assert queue.bus._held == {}
+    queue.unsubscribe(events)
+    assert list(events) == []
+
+
 def test_jobenqueued_waits_for_the_callers_commit(db_url: str, queue: jobs.Queue) -> None:
     """A job enqueued in the caller's transaction is announced when it commits, never when
     it rolls back (it used to be announced at once, commit or not)."""

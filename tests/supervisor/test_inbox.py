@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import signal
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -12,7 +13,14 @@ import pytest
 from durable_jobs import protocol as p
 from durable_jobs.supervisor.control import Control
 from durable_jobs.supervisor.inbox import Inbox
-from durable_jobs.supervisor.pool import Actor, ActorState, Running
+from durable_jobs.supervisor.pool import (
+    LATE_BOOT_DEATH,
+    Actor,
+    ActorState,
+    Pool,
+    QueueSettings,
+    Running,
+)
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -30,17 +38,17 @@ class Answers(Inbox):
 
 
 def test_an_actor_of_this_version_gets_the_handlers() -> None:
-    inbox = Answers()
-    inbox._route(SimpleNamespace(id="default-1"), p.Ready(p.VERSION, 123), 0.0)  # type: ignore[arg-type]
+    inbox, actor = Answers(), SimpleNamespace(id="default-1", boot_error=None)
+    inbox._route(actor, p.Ready(p.VERSION, 123), 0.0)  # type: ignore[arg-type]
     assert inbox.sent == [("default-1", inbox.init)]
-    assert inbox.pool.last_boot_error == ""
+    assert actor.boot_error is None
 
 
 def test_an_actor_of_another_version_is_stopped_with_an_error_naming_both() -> None:
-    inbox = Answers()
-    inbox._route(SimpleNamespace(id="default-1"), p.Ready(p.VERSION - 1, 123), 0.0)  # type: ignore[arg-type]
+    inbox, actor = Answers(), SimpleNamespace(id="default-1", boot_error=None)
+    inbox._route(actor, p.Ready(p.VERSION - 1, 123), 0.0)  # type: ignore[arg-type]
     assert inbox.sent == [("default-1", p.Stop())]
-    error = inbox.pool.last_boot_error
+    error = actor.boot_error
     assert f"protocol version {p.VERSION - 1}" in error and f"supervisor {p.VERSION}" in error
     assert "restart the supervisor" in error
 
@@ -104,3 +112,62 @@ def test_revoked_head_starts_the_next_jobs_clock() -> None:
     last.revoking = True
     sup.on_revoked(actor, "c", "t-c")
     assert not actor.jobs and actor.state is ActorState.IDLE
+
+
+def test_a_retiring_actor_whose_last_lease_is_handed_back_is_recycled() -> None:
+    """Over max_memory_mb with a lease still queued, then that lease revoked (a pause): the
+    actor held nothing more, yet took no lease either, and was never replaced."""
+    sup, queued = Revokes(), running("b", "t-b")
+    queued.revoking = True
+    actor = actor_with(queued)
+    actor.retiring = "uses 200 MiB > max_memory_mb 100"
+    sup.on_revoked(actor, "b", "t-b")
+    assert sup.writes and sup.sent == [("default-1", p.Stop())]
+    assert actor.state is ActorState.STOPPING and actor.stop_reason == "recycle"
+
+
+# -- Pool: capacity under a job limit, and what counts as failing to boot ---------------
+
+
+def pool() -> Pool:
+    return Pool("ipc:///nowhere", 1.0, {"default": QueueSettings(concurrency=0)})
+
+
+def test_an_actor_never_holds_more_leases_than_its_job_limit_leaves() -> None:
+    actor = actor_with(running("a", "t-a"))
+    actor.limit, actor.jobs_done = 5, 3
+    assert actor.capacity(depth=4) == 1  # 3 done + 1 held + 1 more = 5
+    actor.jobs_done = 9  # (past it) never below 0
+    assert actor.capacity(depth=4) == 0
+    actor.retiring = "served 9 jobs"
+    actor.jobs.clear()
+    actor.limit = None
+    assert actor.capacity(depth=4) == 0
+
+
+@pytest.mark.parametrize(("code", "served", "age", "counts"), [
+    (7, False, 1.0, True),           # the app ended the process soon after booting
+    (-signal.SIGSEGV, False, 1.0, True),
+    (-signal.SIGKILL, False, 1.0, False),  # killed from outside: an operator, the OOM killer
+    (-signal.SIGTERM, False, 1.0, False),
+    (7, True, 1.0, False),           # it had served a job: a crash, not a boot failure
+    (7, False, 30.0, False),         # long after booting
+])
+def test_which_idle_deaths_count_as_failing_to_boot(code: int, served: bool, age: float,
+                                                     counts: bool) -> None:
+    actor = actor_with()
+    actor.state, actor.booted_at, actor.proven = ActorState.IDLE, 100.0, served
+    assert Pool._died_idle_after_boot(actor, code, 100.0 + age) is counts
+
+
+def test_an_actor_that_lives_past_the_boot_window_ends_a_failure_streak() -> None:
+    the_pool = pool()
+    actor = actor_with()
+    actor.state, actor.booted_at = ActorState.IDLE, 100.0
+    the_pool.actors[actor.id] = actor
+    the_pool.boot_failures["default"], the_pool.last_boot_error = 4, "code 7"
+    the_pool.fill(100.0 + LATE_BOOT_DEATH - 1)
+    assert the_pool.boot_failures["default"] == 4
+    the_pool.fill(100.0 + LATE_BOOT_DEATH)
+    assert (the_pool.boot_failures["default"], the_pool.last_boot_error) == (0, "")
+    assert actor.proven
