@@ -24,6 +24,7 @@ from durable_jobs.engine.durable import FanOutSpec, StoredStep
 from durable_jobs.engine.errors import JobError, ProtocolError
 
 VERSION = 3  # 2: frames are (code, *fields) tuples; 3: leases and revokes carry the token
+ORPHAN_EXIT = 70  # an actor's exit status when its supervisor is gone or fell silent
 
 
 # -- actor -> supervisor ---------------------------------------------------------------

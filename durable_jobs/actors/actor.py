@@ -43,7 +43,6 @@ from durable_jobs.engine.errors import ProtocolError
 from durable_jobs.engine.registry import Registry
 
 INIT_TIMEOUT_MS = 60_000
-ORPHAN_EXIT = 70
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 HOLD_MAX = 0.002  # seconds an outcome may wait to go out with the next ones
 MAX_HELD = 64  # outcomes per message
@@ -205,7 +204,7 @@ class Watchdog(threading.Thread):
         last_heard = time.monotonic()
         while True:
             if os.getppid() != self.args.supervisor_pid:
-                os._exit(ORPHAN_EXIT)
+                os._exit(p.ORPHAN_EXIT)
             self.socket.send(p.encode(p.Heartbeat(self.channel.job_id)))
             deadline = time.monotonic() + interval
             while (remaining := deadline - time.monotonic()) > 0:
@@ -230,7 +229,7 @@ class Watchdog(threading.Thread):
                         _drain(outbox.wake_read)
                 outbox.flush_if_free(older_than=HOLD_MAX)
             if time.monotonic() - last_heard > self.silence_timeout:
-                os._exit(ORPHAN_EXIT)
+                os._exit(p.ORPHAN_EXIT)
 
 
 def _decoded(data: bytes) -> Any:
@@ -358,7 +357,7 @@ def die_with_supervisor(supervisor_pid: int) -> None:
         except (OSError, AttributeError):  # no libc to call through: the watchdog remains
             pass
     if os.getppid() != supervisor_pid:  # it was gone before we asked
-        os._exit(ORPHAN_EXIT)
+        os._exit(p.ORPHAN_EXIT)
 
 
 def main(args: ActorArgs) -> None:

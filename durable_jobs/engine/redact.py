@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import re
 
-# scheme://user:password@host -- the user may be empty (redis://:pw@host); the password runs
-# to the last "@" before the host, as URL parsers read it (app:p@ss@db), or else to the
-# first "@" (a password holding "/", "?" or "#": app:ab/cd@db).
-_URL_PASSWORD = re.compile(
-    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^:/@\s]{0,256}:)"
-    r"(?:[^\s/?#]{1,256}@|[^\s@]{1,256}@)")
+# scheme://user:password@host: found by its "://", then read by hand within its own
+# stretch of text (to the next URL or the next space), so no stretch is read twice.
+_URL_START = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]{0,31}://")
+_SPACE = re.compile(r"\s")
+_NETLOC_END = re.compile(r"[/?#]")
 _KEYWORD = r"(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|credentials?)"
-_ASSIGN = r"[\w-]{0,64}['\"]?\s{0,8}[:=]\s{0,8}"
+_ASSIGN = r"[\w-]{0,64}['\"]?\s*[:=]\s*"
 # A value is the last thing in its pattern and unbounded: however long, it is masked whole,
 # and a greedy run at a pattern's end never backtracks.
 _BARE = r"[^\s'\",;&)}\]]+"
@@ -46,6 +45,32 @@ KEEP_TAIL = 16 * 1024
 _MARGIN = 8 * 1024  # redacted beyond the cut, so that a secret across it is masked whole
 
 
+def _mask_url_passwords(text: str) -> str:
+    """``postgresql://app:***@db``. The user may be empty (``redis://:pw@cache``); the
+    password runs to the last "@" before the host's "/", "?" or "#", as URL parsers read
+    it (``app:p@ss@db``), or else to the first "@" (a password holding "/": ``app:a/b@db``).
+    """
+    starts = list(_URL_START.finditer(text))
+    pieces: list[str] = []
+    done = 0
+    for k, match in enumerate(starts):
+        begin = match.end()
+        limit = starts[k + 1].start() if k + 1 < len(starts) else len(text)
+        space = _SPACE.search(text, begin, limit)
+        if space is not None:
+            limit = space.start()
+        netloc = _NETLOC_END.search(text, begin, limit)
+        at = text.rfind("@", begin, netloc.start() if netloc else limit)
+        if at < 0:
+            at = text.find("@", begin, limit)
+        colon = text.find(":", begin, at) if at >= 0 else -1
+        if colon < 0 or _NETLOC_END.search(text, begin, colon) or colon + 1 == at:
+            continue  # no user:password@ here (a path, a port, an empty password)
+        pieces += [text[done:colon + 1], MASK]
+        done = at
+    return "".join(pieces) + text[done:] if pieces else text
+
+
 def _masked_header(match: re.Match[str]) -> str:
     key, quote = match.group("key"), match.group("quote")
     if quote is not None:
@@ -66,7 +91,7 @@ def redact(text: str) -> str:
     """Mask passwords in URLs, values of secret-looking keys (``password=``, ``token:``,
     quoted values whole), the credential of an Authorization header (``Authorization:
     Basic ***``) and bearer tokens."""
-    text = _URL_PASSWORD.sub(lambda m: f"{m.group('scheme')}{MASK}@", text)
+    text = _mask_url_passwords(text)
     text = _AUTHORIZATION.sub(_masked_header, text)
     text = _KEY_VALUE.sub(_masked_value, text)
     return _BEARER.sub(lambda m: f"{m.group('scheme')}{MASK}", text)

@@ -141,6 +141,17 @@ class Control:
         self.pool.stop(actor, reason, force=True)
         self.release_queued(actor)
 
+    def cancelled_here(self, rows: list[Any]) -> None:
+        """Sub-jobs that a fan-out decided here cancelled: those this supervisor claimed
+        are not dispatched, or are stopped, now (not at the next lease renewal)."""
+        ids = {row.id for row in rows}
+        held = [ready.job for queue in self.dispatcher.ready.values() for ready in queue
+                if ready.job.job_id in ids]
+        held += [job for actor in self.pool.actors.values() for job in actor.jobs
+                 if job.job_id in ids]
+        if held:
+            self.lease_lost(held)
+
     def lease_lost(self, lost: list[Running]) -> None:
         """Jobs cancelled, paused or re-claimed elsewhere: kill the actor running one (its
         other leases go back), revoke queued ones, write nothing for them."""

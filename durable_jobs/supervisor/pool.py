@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from durable_jobs.engine.errors import DurableJobsError
+from durable_jobs.protocol import ORPHAN_EXIT  # its own exit when the supervisor fell silent
 
 log = logging.getLogger("durable_jobs.supervisor")
 
@@ -214,9 +215,10 @@ class Pool:
         """Ended by itself (not killed) with no job, before serving one, soon after it
         loaded its handlers (a thread of the app that ends the process, say): a boot
         failure too, or such actors would be restarted for ever. An actor killed from
-        outside (an operator, the OOM killer) is not one."""
+        outside (an operator, the OOM killer) is not one, nor one that left because its
+        supervisor fell silent (a stall of this supervisor, ORPHAN_EXIT)."""
         return (not actor.jobs and not actor.proven and actor.stop_reason is None
-                and code not in (-signal.SIGKILL, -signal.SIGTERM)
+                and code not in (-signal.SIGKILL, -signal.SIGTERM, ORPHAN_EXIT)
                 and actor.booted_at is not None and now - actor.booted_at < LATE_BOOT_DEATH)
 
     def _boot_failed(self, queue: str, now: float) -> None:

@@ -396,8 +396,10 @@ class Supervisor(Inbox, Control):
                 self.duties.deadline_in(spec.timeout, time.monotonic())
         if flushed.enqueued and self.hooks.bus.active:
             self.hooks.enqueued(flushed.enqueued)
-        if flushed.cancelled and self.hooks.bus.active:
-            self.hooks.cancelled(flushed.cancelled)
+        if flushed.cancelled:
+            self.cancelled_here(flushed.cancelled)
+            if self.hooks.bus.active:
+                self.hooks.cancelled(flushed.cancelled)
         if self.hooks.wanted:
             for job, write in flushed.applied:
                 self.hooks.written(job, write)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from durable_jobs import protocol as p
+from durable_jobs.protocol import ORPHAN_EXIT
 from durable_jobs.supervisor.control import Control
 from durable_jobs.supervisor.inbox import Inbox
 from durable_jobs.supervisor.pool import (
@@ -150,6 +151,7 @@ def test_an_actor_never_holds_more_leases_than_its_job_limit_leaves() -> None:
     (-signal.SIGSEGV, False, 1.0, True),
     (-signal.SIGKILL, False, 1.0, False),  # killed from outside: an operator, the OOM killer
     (-signal.SIGTERM, False, 1.0, False),
+    (ORPHAN_EXIT, False, 1.0, False),  # it left because this supervisor stalled
     (7, True, 1.0, False),           # it had served a job: a crash, not a boot failure
     (7, False, 30.0, False),         # long after booting
 ])
@@ -171,3 +173,25 @@ def test_an_actor_that_lives_past_the_boot_window_ends_a_failure_streak() -> Non
     the_pool.fill(100.0 + LATE_BOOT_DEATH)
     assert (the_pool.boot_failures["default"], the_pool.last_boot_error) == (0, "")
     assert actor.proven
+
+
+def test_sub_jobs_a_flush_cancelled_are_not_dispatched_nor_left_running() -> None:
+    """A fan-out decided in a flush cancels a sub-job this supervisor had claimed: still
+    buffered, it used to be dispatched after its JobCancelled (and run); on an actor, it
+    ran until the next lease renewal."""
+    sup = Revokes()
+    buffered, on_actor, other = running("b", "t-b"), running("c", "t-c"), running("d", "t-d")
+    dropped: list[str] = []
+    sup.dispatcher = SimpleNamespace(  # type: ignore[assignment]
+        ready={"default": collections.deque([SimpleNamespace(job=buffered)])},
+        drop=lambda lost: dropped.extend(job.job_id for job in lost),
+        add_write=lambda job, write: sup.writes.append((job.job_id, write)))
+    actor = actor_with(on_actor, other)
+    stopped: list[str] = []
+    sup.pool = SimpleNamespace(  # type: ignore[assignment]
+        actors={actor.id: actor}, stop=lambda a, reason, force=False: stopped.append(reason))
+    sup.cancelled_here([SimpleNamespace(id="b"), SimpleNamespace(id="c"),
+                        SimpleNamespace(id="elsewhere")])
+    assert dropped == ["b", "c"]
+    assert stopped == ["lease lost"]  # the actor running c is killed ...
+    assert [job_id for job_id, _ in sup.writes] == ["d"]  # ... and its queued d goes back

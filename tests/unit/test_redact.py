@@ -40,6 +40,9 @@ from durable_jobs.engine.redact import KEEP_HEAD, KEEP_TAIL, redact, redact_for_
     ("redis://default:pa#ss@cache", "redis://default:***@cache"),
     ("DATABASE_URL_postgresql://app:pw@db", "DATABASE_URL_postgresql://app:***@db"),
     ("password:\n  hunter2", "password:\n  ***"),
+    ("password            = hunter2", "password            = ***"),  # aligned dumps
+    ("postgresql://app:" + "eyJ" * 200 + "@db/x", "postgresql://app:***@db/x"),  # IAM tokens
+    ("ftp://anonymous@host/x http://host:8080/x", "ftp://anonymous@host/x http://host:8080/x"),
     ("Bearer\neyJhbGciOi.x1", "Bearer\n***"),
 ])
 def test_secrets_are_masked(text: str, expected: str) -> None:
