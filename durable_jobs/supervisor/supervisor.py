@@ -27,7 +27,7 @@ import zmq
 from durable_jobs import protocol as p
 from durable_jobs import slices
 from durable_jobs.engine import events as ev
-from durable_jobs.engine.errors import DurableJobsError, JobError
+from durable_jobs.engine.errors import DurableJobsError, JobError, message_of
 from durable_jobs.engine.job import PauseMode
 from durable_jobs.engine.queue import Queue
 from durable_jobs.store import supervisors as supervisor_rows
@@ -219,7 +219,13 @@ class Supervisor(Inbox, Control):
 
             if isinstance(exc, BootError):
                 raise
-            log.exception("supervisor loop iteration failed; retrying")
+            if is_transient(exc):  # a lost connection, a deadlock: one line, not a traceback
+                cause = getattr(exc, "orig", None) or exc
+                log.warning("supervisor loop iteration failed (%s: %s); retrying",
+                            type(cause).__name__,
+                            message_of(cause).strip().split("\n", 1)[0])
+            else:
+                log.exception("supervisor loop iteration failed; retrying")
             time.sleep(min(self.options.poll_interval, 0.5))
 
     def close(self) -> None:

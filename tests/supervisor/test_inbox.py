@@ -195,3 +195,33 @@ def test_sub_jobs_a_flush_cancelled_are_not_dispatched_nor_left_running() -> Non
     assert dropped == ["b", "c"]
     assert stopped == ["lease lost"]  # the actor running c is killed ...
     assert [job_id for job_id, _ in sup.writes] == ["d"]  # ... and its queued d goes back
+
+
+def test_a_lost_database_connection_is_one_warning_line_not_a_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """PostgreSQL restarted, or its backend killed: the loop goes on (the next turn
+    reconnects), and says so in a line; other errors keep their traceback."""
+    import logging
+
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    from durable_jobs.supervisor.supervisor import Supervisor
+
+    def lost() -> None:
+        raise OperationalError("SELECT 1", {}, psycopg.OperationalError(
+            "terminating connection due to administrator command\nSSL SYSCALL error"))
+
+    def broken() -> None:
+        raise ValueError("a bug")
+
+    for tick in (lost, broken):
+        fake = SimpleNamespace(tick=tick, options=SimpleNamespace(poll_interval=0.0))
+        with caplog.at_level(logging.WARNING, logger="durable_jobs.supervisor"):
+            Supervisor.turn(fake)  # type: ignore[arg-type]
+    lost_record, broken_record = caplog.records[-2:]
+    assert lost_record.levelname == "WARNING" and lost_record.exc_info is None
+    assert lost_record.getMessage() == ("supervisor loop iteration failed (OperationalError: "
+                                        "terminating connection due to administrator "
+                                        "command); retrying")
+    assert broken_record.levelname == "ERROR" and broken_record.exc_info is not None
