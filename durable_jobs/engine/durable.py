@@ -33,7 +33,6 @@ from durable_jobs.engine.errors import (
     JobError,
     NonDeterminismError,
     NoRetry,
-    PayloadTooLargeError,
     message_of,
 )
 from durable_jobs.engine.fanout import (
@@ -196,9 +195,7 @@ def call(name: str, args: Any = None) -> Any:
         raise
     try:
         result = encode_json(value, f"the result of step {name!r}")
-    except PayloadTooLargeError:
-        raise  # final, as any PayloadTooLargeError is: retrying cannot change it
-    except TypeError as exc:  # retrying cannot change it
+    except TypeError as exc:  # retrying cannot change it (PayloadTooLargeError is final too)
         raise NoRetry(str(exc)) from exc
     execution.runtime.checkpoint(position, name, "completed", result, None,
                                  execution.position - position - 1)

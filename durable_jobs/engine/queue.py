@@ -368,7 +368,7 @@ class Queue:
     def _write(self, operation: Callable[[Connection], Any], tries: int = 3) -> Any:
         """Run ``operation`` in a write transaction; a deadlock, serialization failure or
         dropped connection is retried (the whole transaction), then reported clearly."""
-        from durable_jobs.store.store import is_transient
+        from durable_jobs.store.store import first_line, is_transient
 
         for attempt in range(1, tries + 1):
             try:
@@ -380,11 +380,11 @@ class Queue:
                 # SQLite's "database is locked" comes after its whole busy timeout (30 s):
                 # a retry would only wait that long again.
                 if not is_transient(exc) or (self.store.dialect.name == "sqlite"
-                                             and "database is locked" in _first_line(exc)):
+                                             and "database is locked" in first_line(exc)):
                     raise
                 if attempt == tries:
                     raise StoreUnavailableError(
-                        f"database error on {self.store!r}: {_first_line(exc)}") from exc
+                        f"database error on {self.store!r}: {first_line(exc)}") from exc
                 time.sleep(0.05 * attempt)
         raise AssertionError("unreachable")
 
@@ -490,11 +490,6 @@ class Queue:
 
         return Worker(self, queues or {"default": 1}, scheduler=scheduler,
                       poll_interval=poll_interval, **options)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(getattr(error, "orig", None) or error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _terminal_result(job: Job) -> Any:

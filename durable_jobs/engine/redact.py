@@ -1,10 +1,10 @@
 """Redact secrets from error messages and tracebacks before they are stored.
 
-Every pattern is anchored at a fixed word (a URL scheme's ``://``, ``password``,
-``bearer`` ...), and every repeat in it is bounded but the secret's own, which ends it, so
-the time taken grows with the length of the text, not with its square: an error message of
-megabytes without a space in it (a hex dump) must not keep an actor busy, let alone get it
-killed for silence.
+Every pattern is anchored at a fixed word (``password``, ``bearer`` ...) and ends with the
+secret itself; what lies between is bounded or can only be white space, and URLs are read
+by hand, each in its own stretch of text. So the time taken grows with the length of the
+text, not with its square: an error message of megabytes without a space in it (a hex
+dump) must not keep an actor busy, let alone get it killed for silence.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ DELETES = [text(f"{_TREE}\nDELETE FROM {table} WHERE {column} IN (SELECT id FROM
 def id_bound(cutoff: float) -> str:
     """The smallest job id made at ``cutoff`` (epoch seconds): every job created before the
     cutoff has a smaller id (its first 48 bits are its milliseconds, in hex)."""
-    head = f"{int(max(cutoff, 0.0) * 1000):012x}"  # (no job is from before 1970)
+    head = f"{max(0, int(cutoff * 1000)):012x}"
     return f"{head[:8]}-{head[8:12]}-0000-0000-000000000000"
 
 

@@ -75,7 +75,8 @@ LOW_LATENCY_POOL = PoolConfig(size=10, max_overflow=5, recycle=3600.0, timeout=5
 RESOURCE_CONSTRAINED_POOL = PoolConfig(size=2, max_overflow=2, recycle=600.0, timeout=60.0)
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of a database error's own message (its driver's, if it has one)."""
     orig = getattr(error, "orig", None) or error
     lines = [line for line in str(orig).strip().splitlines() if line.strip()]
     return lines[0] if lines else type(orig).__name__
@@ -115,7 +116,7 @@ def _connection_lost(error: BaseException, dbapi: Any) -> bool:
 
 def is_transient(error: BaseException) -> bool:
     """A database error worth retrying as is: lost connection, deadlock, serialization."""
-    if "no such table" in _first_line(error):  # (SQLite) migrate() was never run
+    if "no such table" in first_line(error):  # (SQLite) migrate() was never run
         return False
     if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
         return True
@@ -226,7 +227,7 @@ class Store:
             conn = self.engine.connect()
         except exc.DBAPIError as error:
             raise StoreUnavailableError(
-                f"cannot connect to {self!r}: {_first_line(error)}"
+                f"cannot connect to {self!r}: {first_line(error)}"
             ) from None
         if read:
             conn = conn.execution_options(durable_read=True)
@@ -255,7 +256,7 @@ class Store:
             direct = kept.take()
         except (exc.DBAPIError, kept.errors) as error:  # the pool's or the driver's own
             raise StoreUnavailableError(
-                f"cannot connect to {self!r}: {_first_line(error)}") from None
+                f"cannot connect to {self!r}: {first_line(error)}") from None
         try:
             yield direct
         except BaseException:
@@ -336,7 +337,7 @@ class Store:
         sqlstate = str(getattr(orig, "sqlstate", None) or "")
         if sqlstate.startswith("40"):
             return None  # a serialization failure or deadlock: the caller may retry it
-        line = _first_line(error)
+        line = first_line(error)
         if sqlstate == "42P01" or line.startswith("no such table"):
             return StoreUnavailableError(
                 f"{self!r} has no durable-jobs tables ({line}): call store.migrate() first")

@@ -143,7 +143,10 @@ class Control:
 
     def cancelled_here(self, rows: list[Any]) -> None:
         """Sub-jobs that a fan-out decided here cancelled: those this supervisor claimed
-        are not dispatched, or are stopped, now (not at the next lease renewal)."""
+        are not dispatched, or are stopped, now (not at the next lease renewal); then
+        their JobCancelled."""
+        if self.hooks.bus.active:
+            self.hooks.cancelled(rows)
         ids = {row.id for row in rows}
         held = [ready.job for queue in self.dispatcher.ready.values() for ready in queue
                 if ready.job.job_id in ids]

@@ -119,8 +119,6 @@ class Duties:
                 self.supervisor.hooks.reclaimed(row, write)
             if self.reaper.cancelled:
                 self.supervisor.cancelled_here(self.reaper.cancelled)
-                if self.supervisor.hooks.bus.active:
-                    self.supervisor.hooks.cancelled(self.reaper.cancelled)
             if counts.reclaimed or counts.fan_outs_expired:
                 self.supervisor.wake.notified = True
             if counts.next_deadline_in is not None:

@@ -27,12 +27,12 @@ import zmq
 from durable_jobs import protocol as p
 from durable_jobs import slices
 from durable_jobs.engine import events as ev
-from durable_jobs.engine.errors import DurableJobsError, JobError, message_of
+from durable_jobs.engine.errors import DurableJobsError, JobError
 from durable_jobs.engine.job import PauseMode
 from durable_jobs.engine.queue import Queue
 from durable_jobs.store import supervisors as supervisor_rows
 from durable_jobs.store.dialects import Listener
-from durable_jobs.store.store import Store, is_transient
+from durable_jobs.store.store import Store, first_line, is_transient
 from durable_jobs.supervisor.control import Control, Phase
 from durable_jobs.supervisor.dispatch import Dispatcher, Flushed
 from durable_jobs.supervisor.duties import Duties
@@ -220,10 +220,8 @@ class Supervisor(Inbox, Control):
             if isinstance(exc, BootError):
                 raise
             if is_transient(exc):  # a lost connection, a deadlock: one line, not a traceback
-                cause = getattr(exc, "orig", None) or exc
                 log.warning("supervisor loop iteration failed (%s: %s); retrying",
-                            type(cause).__name__,
-                            message_of(cause).strip().split("\n", 1)[0])
+                            type(getattr(exc, "orig", None) or exc).__name__, first_line(exc))
             else:
                 log.exception("supervisor loop iteration failed; retrying")
             time.sleep(min(self.options.poll_interval, 0.5))
@@ -404,8 +402,6 @@ class Supervisor(Inbox, Control):
             self.hooks.enqueued(flushed.enqueued)
         if flushed.cancelled:
             self.cancelled_here(flushed.cancelled)
-            if self.hooks.bus.active:
-                self.hooks.cancelled(flushed.cancelled)
         if self.hooks.wanted:
             for job, write in flushed.applied:
                 self.hooks.written(job, write)

@@ -445,11 +445,13 @@ def test_actors_that_die_idle_right_after_booting_make_the_worker_give_up(
     queue.register("noop", noop)  # by reference: actors import the module, and its thread
     worker = queue.worker({"default": 1}, poll_interval=0.1).start()
     started = time.monotonic()
-    with caplog.at_level(logging.ERROR, logger="durable_jobs.supervisor"):
-        wait_until(lambda: not worker.running, timeout=40, message="the worker to give up")
-    assert time.monotonic() - started > 1.0  # after backing off, not at the first death
-    with pytest.raises(jobs.DurableJobsError, match="exited with code 7"):
-        worker.stop(timeout=5)
+    try:
+        with caplog.at_level(logging.ERROR, logger="durable_jobs.supervisor"):
+            wait_until(lambda: not worker.running, timeout=40, message="the worker to give up")
+        assert time.monotonic() - started > 1.0  # after backing off, not at the first death
+    finally:  # stopped whatever happened above: its actors must not outlive the test
+        with pytest.raises(jobs.DurableJobsError, match="exited with code 7"):
+            worker.stop(timeout=5)
     assert "stopped" in caplog.text and "giving up" in caplog.text
 
 

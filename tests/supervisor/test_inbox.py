@@ -190,6 +190,7 @@ def test_sub_jobs_a_flush_cancelled_are_not_dispatched_nor_left_running() -> Non
     stopped: list[str] = []
     sup.pool = SimpleNamespace(  # type: ignore[assignment]
         actors={actor.id: actor}, stop=lambda a, reason, force=False: stopped.append(reason))
+    sup.hooks = SimpleNamespace(bus=SimpleNamespace(active=False))  # type: ignore[assignment]
     sup.cancelled_here([SimpleNamespace(id="b"), SimpleNamespace(id="c"),
                         SimpleNamespace(id="elsewhere")])
     assert dropped == ["b", "c"]
