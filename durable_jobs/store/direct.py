@@ -7,7 +7,8 @@ to autocommit and back, and making a cursor cost about 170k instructions per cal
 PostgreSQL: more than the driver's own work for the INSERT.
 
 So these connections are opened through the engine (its connect-time set-up, SQLite's
-pragmas included, applies to them), detached from its pool, put in autocommit mode once, and
+pragmas included, applies to them), detached from its pool, set up once by the dialect
+(autocommit, and on PostgreSQL plans made once per connection: ``keep_connection``), and
 kept with one cursor each in a small list of idle ones (most recently used first). A
 connection is used by one caller at a time. One whose use raised is closed, not reused: its
 state is unknown. One that sat idle for a while is pinged before use, as pooled ones are.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine
@@ -72,8 +74,9 @@ class DirectConnections:
     another database.
     """
 
-    def __init__(self, engine: Engine, keep: int) -> None:
+    def __init__(self, engine: Engine, keep: int, setup: Callable[[Any], None]) -> None:
         self._engine = engine
+        self._setup = setup  # the dialect's set-up of a connection it keeps
         shared = isinstance(engine.pool, StaticPool | SingletonThreadPool)
         self._keep = 0 if shared else keep
         self._postgres = engine.dialect.name == "postgresql"
@@ -132,8 +135,11 @@ class DirectConnections:
             pooled = self._engine.raw_connection()
             driver = pooled.driver_connection
             pooled.detach()  # ours now: the pool opens another when it needs one
-            if self._postgres:
-                driver.autocommit = True  # type: ignore[union-attr]
+            try:
+                self._setup(driver)
+            except BaseException:
+                driver.close()  # type: ignore[union-attr]
+                raise
             return Direct(driver, self.errors)
         except BaseException:
             with self._lock:

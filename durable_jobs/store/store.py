@@ -163,7 +163,8 @@ class Store:
             _check_driver(url.dialect.name, url.dialect.driver, _ENGINE_DRIVERS)
             self._dialect = for_engine(url)
             self._dialect.configure(url)
-            self._direct = DirectConnections(url, self._pool.size)
+            self._direct = DirectConnections(url, self._pool.size,
+                                             self._dialect.keep_connection)
         else:
             try:
                 parsed = make_url(url)
@@ -216,7 +217,7 @@ class Store:
         )
         self._dialect = for_engine(engine)
         self._dialect.configure(engine)
-        self._direct = DirectConnections(engine, pool.size)
+        self._direct = DirectConnections(engine, pool.size, self._dialect.keep_connection)
         if url.get_backend_name() == "postgresql":
             _ping_when_idle(engine)
         return engine

@@ -478,13 +478,15 @@ class Explaining:
         return []
 
 
-def plan_scans(node: dict[str, Any]) -> list[tuple[str, str]]:
-    """(node type, index name) of every scan of the jobs table in a JSON plan."""
-    found = []
+def plan_scans(node: dict[str, Any], conditions: bool = False) -> list[tuple[Any, ...]]:
+    """(node type, index name[, index condition]) of every scan of the jobs table in a
+    JSON plan."""
+    found: list[tuple[Any, ...]] = []
     if node.get("Relation Name") == "jobs" and node["Node Type"].endswith("Scan"):
-        found.append((node["Node Type"], node.get("Index Name", "")))
+        scan = (node["Node Type"], node.get("Index Name", ""))
+        found.append((*scan, node.get("Index Cond")) if conditions else scan)
     for child in node.get("Plans", []):
-        found += plan_scans(child)
+        found += plan_scans(child, conditions)
     return found
 
 
@@ -514,36 +516,86 @@ def test_flush_and_checkpoints_look_jobs_up_by_primary_key_whatever_the_statisti
             f"{scans} in the plan of {sql[:60]!r}")
 
 
-def test_nothing_prepared_runs_on_a_generic_plan(pg_store: jobs.Store) -> None:
-    """PostgreSQL keeps a generic plan of a prepared statement after a few calls; one made
-    while the table was small scans all of it once it has grown. Only the statements
-    prepared on purpose are (a lone checkpoint's, a batch of checkpoints', the one-pass
-    flush's, the enqueue's INSERT), and they are planned at every call all the same."""
+def hot_writes(store: jobs.Store, driver: Any, steps: list[Any], position: int,
+               done: list[Any]) -> None:
+    """On ``driver``: a checkpoint at ``position`` for each of ``steps`` (in one batch), a
+    lone one for the next job, and a one-pass flush completing ``done`` with a claim."""
+    rows = [step(r.id, position, r.lease_token) for r in steps]
+    assert leases.save_checkpoints(driver, store.dialect, "w1", rows, time.time()) == [
+        True] * len(steps)
+    lone = [step("lone", position, None)]
+    leases.save_checkpoints(driver, store.dialect, "w1", lone, time.time())
+    leases.finish_and_claim(driver, store.dialect, "w1",
+                            [(r.id, r.lease_token, Complete("1")) for r in done],
+                            {"default": 1}, ["a"], 30.0, time.time())
+
+
+def prepared_plans(driver: Any) -> dict[str, int]:
+    """Kind of statement -> generic plans made for it, of what ``driver`` has prepared."""
+    with driver.cursor() as cursor:
+        prepared = list(cursor.execute(
+            "SELECT statement, generic_plans FROM pg_prepared_statements"))
+    return {"flush" if "claimed_0" in text else "batch" if "unnest" in text else "lone": plans
+            for text, plans in prepared}
+
+
+def test_small_hot_writes_run_on_a_plan_made_once_large_ones_are_planned_each_time(
+        pg_store: jobs.Store) -> None:
+    """On a kept connection, a lone checkpoint, a small batch of checkpoints and a small
+    flush run on a generic plan (planning was most of their cost); a batch larger than
+    GENERIC_UP_TO is planned at every call, for the arrays it holds."""
+    store, queue = pg_store, jobs.Queue(pg_store)
+    queue.enqueue_many([jobs.Sub("a") for _ in range(200)])
+    taken = claim(store, ["a"], limit=150)
+    with store.driver_write() as driver:
+        for i in range(3):
+            hot_writes(store, driver, taken[:2], i, taken[10 + 2 * i:12 + 2 * i])
+        assert set(prepared_plans(driver)) == {"batch", "flush", "lone"}
+        assert all(plans >= 1 for plans in prepared_plans(driver).values())
+        before = prepared_plans(driver)
+        for i in range(2):  # 20 rows: more than GENERIC_UP_TO
+            hot_writes(store, driver, taken[20:40], i, taken[40 + 20 * i:60 + 20 * i])
+        after = prepared_plans(driver)
+        assert (after["batch"], after["flush"]) == (before["batch"], before["flush"])
+        hot_writes(store, driver, taken[:2], 3, taken[90:92])  # small again: the plans
+        again = prepared_plans(driver)
+        assert again["batch"] > before["batch"] and again["flush"] > before["flush"]
+
+
+def test_a_plan_made_on_a_small_table_reads_jobs_by_index_once_it_has_grown(
+        pg_store: jobs.Store) -> None:
+    """The failure generic plans had here before: one made while the table was small kept
+    scanning all of it once it had grown. On a kept connection every scan of ``jobs`` in the
+    hot statements' cached plans is an index scan with an index condition (a key lookup or
+    the claim index's queue), however small the table was when they were made."""
+    store, queue = pg_store, jobs.Queue(pg_store)
+    queue.enqueue_many([jobs.Sub("a") for _ in range(12)])
+    with store.autocommit() as conn:
+        conn.exec_driver_sql("ANALYZE jobs")  # statistics of a tiny table
+    taken = claim(store, ["a"], limit=10)
+    with store.driver_write() as driver:
+        hot_writes(store, driver, taken[:2], 0, taken[2:4])  # plans made now, on 12 rows
+        queue.enqueue_many([jobs.Sub("a") for _ in range(20_000)])
+        with driver.cursor() as cursor:
+            prepared = list(cursor.execute(
+                "SELECT name, cardinality(parameter_types) FROM pg_prepared_statements"))
+            assert len(prepared) == 3
+            for name, count in prepared:  # the cached plan, shown whatever the values
+                args = ", ".join(["NULL"] * count)
+                plan = cursor.execute(
+                    f"EXPLAIN (FORMAT JSON) EXECUTE {name}({args})").fetchone()[0]
+                scans = plan_scans(plan[0]["Plan"], conditions=True)
+                assert scans and all(
+                    kind == "Index Scan" and index in ("jobs_pkey", "jobs_claim") and cond
+                    for kind, index, cond in scans), (name, scans)
+
+
+def test_pooled_connections_prepare_nothing(pg_store: jobs.Store) -> None:
+    """What goes through SQLAlchemy on pooled connections (renewals, the reaper, reads) is
+    neither prepared nor ever run on a generic plan."""
     store, queue = pg_store, jobs.Queue(pg_store)
     queue.enqueue_many([jobs.Sub("a") for _ in range(40)])
     taken = claim(store, ["a"], limit=30)
-    with store.driver_write() as driver:
-        for i in range(10):  # psycopg prepares a statement on its 5th call
-            rows = [step(r.id, i, r.lease_token) for r in taken[:2]]
-            assert leases.save_checkpoints(driver, store.dialect, "w1", rows, time.time()) == [
-                True, True]
-            lone = [step(taken[2].id, i, taken[2].lease_token)]
-            assert leases.save_checkpoints(driver, store.dialect, "w1", lone, time.time()) == [
-                True]
-            r = taken[3 + i]
-            leases.finish_and_claim(driver, store.dialect, "w1",
-                                    [(r.id, r.lease_token, Complete("1"))], {"default": 1},
-                                    ["a"], 30.0, time.time())
-        with driver.cursor() as cursor:
-            prepared = list(cursor.execute(
-                "SELECT statement, generic_plans FROM pg_prepared_statements"))
-    kinds = sorted({"flush" if "claimed_0" in text else "batch" if "unnest" in text
-                    else "lone" for text, _plans in prepared})
-    assert kinds == ["batch", "flush", "lone"], prepared
-    # What is prepared on purpose is still planned at every call, for the table as it is:
-    # a generic plan made while the table was small (and analysed) scanned all of it later.
-    assert all(plans == 0 for _text, plans in prepared), prepared
-    # Nor what goes through SQLAlchemy on pooled connections (renewals, the reaper, reads).
     with store.write() as conn:
         for _ in range(10):
             leases.renew(conn, store.dialect, "w1", [r.id for r in taken[20:25]], 30.0)

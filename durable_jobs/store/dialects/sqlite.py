@@ -189,6 +189,9 @@ class SQLiteDialect:
         event.listen(engine, "connect", _on_connect)
         event.listen(engine, "begin", _on_begin)
 
+    def keep_connection(self, driver: Any) -> None:
+        """Nothing to set up: the engine's connect-time pragmas already apply."""
+
     def migration_lock(self, conn: Connection) -> None:
         """BEGIN IMMEDIATE already serialises migrations."""
 
