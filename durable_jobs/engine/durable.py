@@ -314,7 +314,7 @@ def _sub_specs(subs: Sequence[Sub]) -> tuple[SubSpec, ...]:
 def _checked_options(sub: Sub) -> tuple[Any, ...]:
     """(name, priority, retries, queue, timeout in seconds) of a valid sub-job."""
     check_name(sub.name)
-    timeout = to_seconds(sub.timeout, "timeout")
+    timeout = to_seconds(sub.timeout, "timeout", positive=True)
     HandlerOptions(sub.retries, timeout, sub.queue, sub.priority)  # validates each option
     return sub.name, sub.priority, sub.retries, sub.queue, timeout
 

@@ -128,21 +128,25 @@ def decode_json(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-def to_seconds(value: float | int | timedelta | None, what: str) -> float | None:
-    """Seconds from a number or timedelta; negative values are refused."""
+def to_seconds(value: float | int | timedelta | None, what: str,
+               positive: bool = False) -> float | None:
+    """Seconds from a number or timedelta; negative values are refused, and so is 0 if
+    ``positive`` (the message says which, whatever the value refused)."""
     if value is None:
         return None
     seconds = value.total_seconds() if isinstance(value, timedelta) else value
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
         raise InvalidOptionTypeError(
             f"{what} must be seconds or a timedelta, got {type(value).__name__}")
+    bound = "> 0" if positive else ">= 0"
     try:
         seconds = float(seconds)
     except OverflowError:  # an int beyond any float
-        raise InvalidOptionError(f"{what} must be a finite number >= 0, got an int of "
-                                 f"{int(seconds).bit_length()} bits") from None
-    if seconds < 0 or not math.isfinite(seconds):
-        raise InvalidOptionError(f"{what} must be a finite number >= 0, got {seconds}")
+        raise InvalidOptionError(f"{what} must be a finite number of seconds {bound}, got "
+                                 f"an int of {int(seconds).bit_length()} bits") from None
+    if seconds < 0 or (positive and seconds == 0) or not math.isfinite(seconds):
+        raise InvalidOptionError(f"{what} must be a finite number of seconds {bound}, got "
+                                 f"{seconds:g}")
     return seconds
 
 

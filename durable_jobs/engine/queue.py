@@ -152,8 +152,8 @@ class Queue:
                  timeout: float | None = None, queue: str | None = None,
                  priority: int | None = None, max_backoff: float | None = None) -> Any:
         """Register ``fn`` as the handler for job ``name``; returns ``fn``."""
-        options = HandlerOptions(retries, to_seconds(timeout, "timeout"), queue, priority,
-                                 to_seconds(max_backoff, "max_backoff"))
+        options = HandlerOptions(retries, to_seconds(timeout, "timeout", positive=True),
+                                 queue, priority, to_seconds(max_backoff, "max_backoff"))
         self.registry.add(name, fn, options)
         return fn
 
@@ -227,8 +227,8 @@ class Queue:
                 and max_backoff is None:
             call = NO_OPTIONS
         else:
-            call = HandlerOptions(retries, to_seconds(timeout, "timeout"), queue, priority,
-                                  to_seconds(max_backoff, "max_backoff"))
+            call = HandlerOptions(retries, to_seconds(timeout, "timeout", positive=True),
+                                  queue, priority, to_seconds(max_backoff, "max_backoff"))
         if unique is not None and not isinstance(unique, str):
             raise InvalidOptionTypeError(f"unique must be a str, got {type(unique).__name__}")
         if unique is not None and not 0 < len(unique) <= 255:

@@ -196,7 +196,7 @@ def _remember_shape(registry: Registry, name: str, call: HandlerOptions) -> Shap
 
 def _sub_shape(registry: Registry, sub: Sub) -> Shape:
     check_name(sub.name)  # the name first: its error is the one to report
-    call = HandlerOptions(sub.retries, to_seconds(sub.timeout, "timeout"), sub.queue,
+    call = HandlerOptions(sub.retries, to_seconds(sub.timeout, "timeout", positive=True), sub.queue,
                           sub.priority)
     return resolve_shape(registry, sub.name, call)
 

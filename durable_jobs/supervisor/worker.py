@@ -119,9 +119,9 @@ def _retention(value: float | timedelta | None) -> float | None:
     return None if value is None else _interval(value, "retention")
 
 
-def _seconds(value: float | timedelta, what: str) -> float:
-    """A finite number of seconds >= 0 (or a timedelta)."""
-    seconds = to_seconds(value, what)
+def _seconds(value: float | timedelta, what: str, positive: bool = False) -> float:
+    """A finite number of seconds >= 0, or > 0 if ``positive`` (or a timedelta)."""
+    seconds = to_seconds(value, what, positive)
     if seconds is None:
         raise InvalidOptionTypeError(f"{what} must be seconds or a timedelta, got None")
     return seconds
@@ -129,10 +129,7 @@ def _seconds(value: float | timedelta, what: str) -> float:
 
 def _interval(value: float | timedelta, what: str) -> float:
     """A finite number of seconds > 0 (or a timedelta)."""
-    seconds = _seconds(value, what)
-    if seconds == 0:
-        raise InvalidOptionError(f"{what} must be > 0 seconds")
-    return seconds
+    return _seconds(value, what, positive=True)
 
 
 def _count(value: int | None, what: str, minimum: int) -> int | None:

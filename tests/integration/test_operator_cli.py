@@ -238,7 +238,7 @@ def test_prune_deletes_old_finished_jobs_and_says_how_many(
     assert run(capsys, *db, "prune", "--older-than", "3600") == (
         0, "prune: deleted 0 jobs\n", "")
     code, out, err = run(capsys, *db, "prune", "--older-than", "-1")
-    assert code == 2 and "older_than must be a finite number >= 0" in err  # bad input
+    assert code == 2 and "older_than must be a finite number of seconds >= 0" in err  # bad input
     wait_until(lambda: run(capsys, *db, "prune", "--older-than", "0")[1]
                == "prune: deleted 1 jobs\n", timeout=5)
     with pytest.raises(jobs.JobNotFoundError):

@@ -139,6 +139,23 @@ def test_to_seconds_refuses_negative(value: object) -> None:
         to_seconds(value, "delay")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("call", [
+    lambda q, t: q.enqueue("a", timeout=t),
+    lambda q, t: q.register("a", print, timeout=t),
+    lambda q, t: q.enqueue_many([jobs.Sub("a", timeout=t)]),
+    lambda q, t: q.worker({"default": 1}, poll_interval=t),
+    lambda q, t: q.worker({"default": 1}, lease_timeout=t),
+])
+@pytest.mark.parametrize("value", [0, -1, -0.5, float("inf")])
+def test_a_positive_duration_refused_says_greater_than_zero(tmp_path, call, value: float  # noqa: ANN001
+                                                            ) -> None:
+    """A timeout or interval must be > 0: 0 and -1 get the same message, which says so
+    (a -1 was told ">= 0", as if 0 would do)."""
+    queue = jobs.Queue(f"sqlite:///{tmp_path}/jobs.db")
+    with pytest.raises(jobs.InvalidOptionError, match=r"must be a finite number of seconds > 0"):
+        call(queue, value)
+
+
 @pytest.mark.parametrize("value", ["10", True, [1]])
 def test_to_seconds_refuses_wrong_types(value: object) -> None:
     with pytest.raises(TypeError, match="delay"):
