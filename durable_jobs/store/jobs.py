@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, func, literal_column, select, update
+from sqlalchemy import Connection, and_, case, func, literal_column, select, update
 from sqlalchemy.exc import IntegrityError
 
 from durable_jobs.engine.errors import DuplicateJobError, InvalidStateError, JobNotFoundError
@@ -112,6 +112,12 @@ def lock_leaves_first(conn: Connection, levels: list[list[str]]) -> None:
                          .order_by(jobs.c.id).with_for_update()).all()
 
 
+# A job claimed ahead and recorded as not begun (``leases.mark_starts``) has not used the
+# attempt its claim counted: cancelled before it began, it shows the runs it had.
+_UNSPENT = case((and_(jobs.c.status == "running", jobs.c.started_at.is_(None)),
+                 jobs.c.attempt - 1), else_=jobs.c.attempt)
+
+
 def cancel_ids(conn: Connection, dialect: Dialect, ids: list[str]) -> list[Any]:
     """Cancel the non-terminal jobs among ``ids``; their open fan-outs close as cancelled.
 
@@ -127,7 +133,7 @@ def cancel_ids(conn: Connection, dialect: Dialect, ids: list[str]) -> list[Any]:
             update(jobs)
             .where(jobs.c.id.in_(chunk), jobs.c.status.in_(NON_TERMINAL))
             .values(status="cancelled", paused_from=None, lease_expires_at=None,
-                    finished_at=literal_column(dialect.now_sql))
+                    finished_at=literal_column(dialect.now_sql), attempt=_UNSPENT)
             .returning(jobs.c.id, jobs.c.fan_out_id, jobs.c.name, jobs.c.queue)
         ).all()
         result.extend(rows)

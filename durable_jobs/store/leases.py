@@ -43,6 +43,11 @@ FAIL = ("UPDATE jobs SET status = 'failed', error = :b_error, finished_at = :b_n
         f"{CLEAR_LEASE} WHERE id = :b_id")
 RELEASE = (f"UPDATE jobs SET status = 'pending', attempt = attempt - 1, {CLEAR_LEASE} "
            "WHERE id = :b_id")
+# Which of our claimed jobs have begun (see ``mark_starts``); guarded like outcome writes.
+_GUARD = ("WHERE id = :b_id AND lease_owner = :b_owner AND lease_token = :b_token "
+          "AND status = 'running'")
+MARK_UNSTARTED = f"UPDATE jobs SET started_at = NULL {_GUARD}"
+MARK_STARTED = f"UPDATE jobs SET started_at = :b_at {_GUARD} AND started_at IS NULL"
 _PYFORMAT = re.compile(r":(b_\w+)")
 
 OWNED = select(jobs.c.id, jobs.c.fan_out_id, jobs.c.lease_token).where(
@@ -94,6 +99,22 @@ def renew(conn: Connection, dialect: Dialect, owner: str, ids: list[str],
     kept = renew_tokens(conn, dialect, owner, ids, lease_timeout)
     return {job_id for job_id, token in kept.items()
             if tokens is None or tokens.get(job_id) == token}
+
+
+def mark_starts(conn: Connection, owner: str, unstarted: list[tuple[str, str]],
+                begun: list[tuple[str, str, float]]) -> None:
+    """Record which of our claimed jobs have not begun (``(id, token)``: claimed ahead,
+    waiting in the supervisor or queued in an actor) and when those recorded so began
+    (``(id, token, epoch)``). A claim stamps ``started_at`` as it takes a job, so an
+    unstarted one is stamped ``NULL``; the reaper gives such a job of a dead supervisor its
+    attempt back. Guarded by owner, token and ``running``, so a job finished, lost or taken
+    again meanwhile is left alone."""
+    if unstarted:
+        _executemany(conn, MARK_UNSTARTED, [{"b_id": job_id, "b_owner": owner, "b_token": token}
+                                            for job_id, token in unstarted])
+    if begun:
+        _executemany(conn, MARK_STARTED, [{"b_id": job_id, "b_owner": owner, "b_token": token,
+                                           "b_at": at} for job_id, token, at in begun])
 
 
 def _owned(conn: Connection, owner: str, ids: list[str],
@@ -229,7 +250,8 @@ LEASE_EXPIRED = "LeaseExpired"
 def reclaim_expired(conn: Connection, dialect: Dialect, now: float,
                     limit: int = 1000) -> list[tuple[Any, Write]]:
     """Jobs whose lease expired go back to pending (an attempt is used) or fail when none
-    are left. Judged on the database clock."""
+    are left; those recorded as not begun (``mark_starts``: claimed ahead) go back to
+    pending with their attempt given back. Judged on the database clock."""
     # The clock as a subquery, read once: PostgreSQL's clock_timestamp() is volatile, and
     # compared directly it would be a filter on every leased row, not a range of the index.
     now_sql = select(literal_column(dialect.now_sql)).scalar_subquery()
@@ -239,17 +261,21 @@ def reclaim_expired(conn: Connection, dialect: Dialect, now: float,
         query = query.with_for_update(skip_locked=True)
     rows = conn.execute(query).all()
     items: list[tuple[Any, Write]] = []
-    by_kind: dict[type, list[dict[str, Any]]] = {Retry: [], Fail: []}
+    by_kind: dict[type, list[dict[str, Any]]] = {Retry: [], Fail: [], Release: []}
     for row in rows:
-        error = JobError(LEASE_EXPIRED, f"lease held by supervisor {row.lease_owner} expired "
-                                        "(the supervisor stopped heartbeating)")
-        write = Fail(error) if row.attempt >= row.max_attempts else Retry(now, error)
+        write: Write
+        if row.started_at is None:  # claimed ahead and never begun: no attempt was used
+            write = Release()
+            by_kind[Release].append({"b_id": row.id})
+        else:
+            error = JobError(LEASE_EXPIRED, f"lease held by supervisor {row.lease_owner} "
+                                            "expired (the supervisor stopped heartbeating)")
+            write = Fail(error) if row.attempt >= row.max_attempts else Retry(now, error)
+            by_kind[type(write)].append(_params(row.id, write, now))
         items.append((row, write))
-        by_kind[type(write)].append(_params(row.id, write, now))
-    if by_kind[Retry]:
-        _executemany(conn, RETRY, by_kind[Retry])
-    if by_kind[Fail]:
-        _executemany(conn, FAIL, by_kind[Fail])
+    for kind, sql in ((Retry, RETRY), (Fail, FAIL), (Release, RELEASE)):
+        if by_kind[kind]:
+            _executemany(conn, sql, by_kind[kind])
     _after_terminal(conn, dialect, items, now)
     return items
 

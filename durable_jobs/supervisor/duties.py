@@ -1,8 +1,10 @@
 """The supervisor's periodic duties, each a ``run_once`` object on its own interval.
 
-* leases: renew the leases of running and prefetched jobs in one UPDATE; any job we thought
-  we held but no longer do was cancelled or paused elsewhere, so its actor is killed;
-  beat the supervisors row and read its paused flag (an operator may set it from elsewhere).
+* leases: renew the leases of running and prefetched jobs in one UPDATE; record which
+  prefetched jobs have not begun (the reaper gives those of a dead supervisor their attempt
+  back) and when they begin; any job we thought we held but no longer do was cancelled or
+  paused elsewhere, so its actor is killed; beat the supervisors row and read its paused
+  flag (an operator may set it from elsewhere).
 * reaper: reclaim expired leases of dead supervisors, expire fan-outs past their deadline.
 * scheduler: fire due schedule ticks (only with ``scheduler=True``).
 * retention: delete the job trees finished longer ago than ``retention`` (only when set).
@@ -11,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from durable_jobs.engine.job import PauseMode
@@ -22,6 +25,7 @@ from durable_jobs.supervisor.retention import Retention
 from durable_jobs.supervisor.scheduler import Scheduler
 
 if TYPE_CHECKING:
+    from durable_jobs.supervisor.pool import Running
     from durable_jobs.supervisor.supervisor import Supervisor
 
 log = logging.getLogger("durable_jobs.supervisor")
@@ -32,27 +36,49 @@ REAPER_MIN_GAP = 0.05
 
 
 class LeaseKeeper:
-    """``run_once(now)``: renew our leases, report lost ones, beat our row."""
+    """``run_once(now)``: renew our leases, record which claimed jobs have not begun (and
+    when those begin), report lost leases, beat our row."""
 
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
+        # Jobs recorded as not begun (id -> the claim's token), as of the last renewal.
+        self.unstarted: dict[str, str] = {}
 
     def run_once(self, now: float) -> dict[str, int]:
         sup = self.supervisor
         store = sup.store
         held = [job for a in sup.pool.actors.values() for job in a.jobs]
         held += [r.job for q in sup.dispatcher.ready.values() for r in q]
+        unstarted, begun = self._starts(held, now)
         with store.write() as conn:
             kept = leases.renew_tokens(conn, store.dialect, sup.id,
                                        sorted({j.job_id for j in held}),
                                        sup.options.lease_timeout)
+            leases.mark_starts(conn, sup.id, [(job_id, token) for job_id, token
+                                              in unstarted.items()
+                                              if self.unstarted.get(job_id) != token], begun)
             paused, mode = supervisor_rows.beat(conn, store.dialect, sup.id)
+        self.unstarted = unstarted
         # A job re-claimed after a pause/resume has a new token: the old run is lost too.
         lost = [job for job in held if kept.get(job.job_id) != job.token]
         if lost:
             sup.lease_lost(lost)
         self._follow_row(paused, mode)
         return {"renewed": len(kept), "lost": len(lost)}
+
+    def _starts(self, held: list[Running], wall: float
+                ) -> tuple[dict[str, str], list[tuple[str, str, float]]]:
+        """Of the jobs we hold: those not begun (claimed ahead: waiting here or queued in an
+        actor), and those recorded as not begun that have begun since, with their start.
+        (What the database says lags by up to a renewal interval: a job that began since
+        the last renewal is still recorded as not begun; one claimed since, as begun.)"""
+        now = time.monotonic()
+        unstarted = {job.job_id: job.token for job in held
+                     if not job.started and job.token is not None}
+        begun = [(job.job_id, job.token, wall - (now - job.started)) for job in held
+                 if job.started and job.token is not None
+                 and self.unstarted.get(job.job_id) == job.token]
+        return unstarted, begun
 
     def _follow_row(self, paused: bool, mode: str | None) -> None:
         """Apply a pause flag that someone else set on our row (graceful may escalate to

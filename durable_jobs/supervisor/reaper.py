@@ -2,7 +2,8 @@
 
 Every supervisor runs one. Expiry is judged on the database clock. A reclaimed job uses an
 attempt (so a job that kills hosts cannot loop forever) and runs again at once, or fails
-when it has none left. Fan-out deadlines are enforced here too, and the fan-out safety net
+when it has none left; one that its supervisor recorded as claimed ahead and not begun gets
+its attempt back. Fan-out deadlines are enforced here too, and the fan-out safety net
 (an open fan-out whose counts already decide it) runs now and then.
 """
 
@@ -52,5 +53,7 @@ class Reaper:
         self.cancelled = cancelled
         for row, write in items:
             log.warning("JobReclaimed: job %s (%s) from dead supervisor %s -> %s", row.id,
-                        row.name, row.lease_owner, type(write).__name__.lower())
+                        row.name, row.lease_owner,
+                        "pending (claimed ahead, never begun: its attempt is given back)"
+                        if isinstance(write, leases.Release) else type(write).__name__.lower())
         return ReaperCounts(len(items) - failed, failed, len(expired), next_deadline_in)

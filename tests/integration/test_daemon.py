@@ -223,6 +223,48 @@ def test_second_supervisor_completes_the_jobs_of_a_killed_one(
     assert second.wait_exit(15) == 0
 
 
+@pytest.mark.timeout(60)
+def test_prefetched_jobs_of_a_killed_supervisor_run_once_without_using_an_attempt(
+        queue: jobs.Queue, store: jobs.Store, db_url: str, tmp_path: Path,
+        processes: Any) -> None:
+    """With prefetch, a supervisor holds jobs it has not started. Killed, its begun job uses
+    its attempt (retries=0: it fails, LeaseExpired); the two it held unstarted run on the
+    next supervisor, once each, as attempt 1, though they have no retries."""
+    config = write_config(tmp_path / "jobs.toml", db_url, supervisor={**FAST, "prefetch": 2},
+                          queues={"default": {"concurrency": 1}})
+    runs = tmp_path / "runs.log"
+    long = queue.enqueue("record", {"path": str(runs), "seconds": 60}, priority=10, retries=0)
+    ahead = [queue.enqueue("record", {"path": str(runs)}, retries=0) for _ in range(2)]
+    first = Daemon(processes, config, "first")
+
+    def recorded_as_not_begun() -> bool:
+        with store.read() as conn:
+            rows = conn.execute(select(jobs_table.c.id, jobs_table.c.status,
+                                       jobs_table.c.started_at)).all()
+        state = {r.id: (r.status, r.started_at is None) for r in rows}
+        return state[long] == ("running", False) and all(
+            state[job_id] == ("running", True) for job_id in ahead)
+
+    wait_until(recorded_as_not_begun, timeout=20,
+               message=f"the prefetched jobs recorded as not begun; log:\n{first.output()}")
+    first.kill9()
+    second = Daemon(processes, config, "second")
+    wait_until(lambda: all(queue.get(j).status is jobs.Status.COMPLETED for j in ahead)
+               and queue.get(long).status is jobs.Status.FAILED, timeout=30,
+               message=f"the reclaim; second's log:\n{second.output()[-3000:]}")
+    assert sorted(lines(runs)) == sorted(f"{job_id} {second.pid}" for job_id in ahead)
+    for job_id in ahead:
+        job = queue.get(job_id)
+        assert (job.attempt, job.max_attempts, job.result) == (1, 1, job_id)
+        assert job.started_at is not None and job.started_at <= job.finished_at
+    failed = queue.get(long)
+    assert failed.attempt == 1 and failed.error is not None
+    assert failed.error.type == "LeaseExpired"
+    assert "never begun" in second.output()
+    os.kill(second.pid, signal.SIGTERM)
+    assert second.wait_exit(15) == 0
+
+
 # -- 11. two supervisors, one PostgreSQL database, 1,000 jobs, each exactly once --------------
 
 

@@ -211,6 +211,77 @@ def test_reaper_uses_up_attempts(store: jobs.Store, queue: jobs.Queue) -> None:
     assert queue.get(job_id).status is jobs.Status.FAILED
 
 
+def mark_starts(store: jobs.Store, owner: str, unstarted: list[tuple[str, str]],
+                begun: list[tuple[str, str, float]]) -> None:
+    with store.write() as conn:
+        leases.mark_starts(conn, owner, unstarted, begun)
+
+
+def test_a_job_claimed_ahead_and_never_begun_gets_its_attempt_back(
+        store: jobs.Store, queue: jobs.Queue) -> None:
+    """With prefetch, a dead supervisor may have held jobs it never started: those it
+    recorded as not begun go back to pending unspent (a job with no retries runs once, not
+    never); a begun one uses its attempt as before."""
+    ran = running(store, queue, owner="dead", lease=0.05, retries=0)
+    ahead = running(store, queue, owner="dead", lease=0.05, retries=0)
+    again = running(store, queue, owner="dead", lease=0.05, retries=0)
+    token = {r_id: row(store, r_id).lease_token for r_id in (ran, ahead, again)}
+    mark_starts(store, "dead", [(ahead, token[ahead]), (again, token[again]),
+                                (ran, "another claim's token")], [])
+    assert row(store, ahead).started_at is None
+    assert row(store, ran).started_at is not None  # the guard: not our claim, not marked
+    mark_starts(store, "dead", [], [(again, token[again], 1234.5)])  # it began after all
+    assert row(store, again).started_at == 1234.5
+    reclaimed: list[Any] = []
+    wait_until(lambda: reclaimed.extend(reclaim(store)) or len(reclaimed) == 3, timeout=10,
+               message="the three expired leases")
+    kinds = {r.id: type(w) for r, w in reclaimed}
+    assert kinds == {ran: Fail, ahead: Release, again: Fail}
+    job = queue.get(ahead)
+    assert (job.status, job.attempt, job.error) == (jobs.Status.PENDING, 0, None)
+    assert row(store, ahead).lease_owner is None
+    (taken,) = claim(store, ["a"], owner="other")
+    assert (taken.id, taken.attempt) == (ahead, 1)  # its one run still to come
+    for job_id in (ran, again):
+        failed = queue.get(job_id)
+        assert (failed.status, failed.attempt) == (jobs.Status.FAILED, 1)
+
+
+def test_a_job_cancelled_before_it_began_shows_no_attempt(store: jobs.Store,
+                                                          queue: jobs.Queue) -> None:
+    ahead, begun = running(store, queue, owner="w1"), running(store, queue, owner="w1")
+    mark_starts(store, "w1", [(ahead, row(store, ahead).lease_token)], [])
+    queue.cancel(ahead)
+    queue.cancel(begun)
+    assert (queue.get(ahead).status, queue.get(ahead).attempt) == (jobs.Status.CANCELLED, 0)
+    assert (queue.get(begun).status, queue.get(begun).attempt) == (jobs.Status.CANCELLED, 1)
+
+
+def test_an_outcome_stamps_the_start_of_a_job_recorded_as_not_begun(
+        store: jobs.Store, queue: jobs.Queue) -> None:
+    """A job claimed ahead, recorded as not begun, that ran and ended before its start was
+    recorded: its outcome's write gives it a start (no finished job without one)."""
+    ids = [running(store, queue, owner="w1") for _ in range(3)]
+    mark_starts(store, "w1", [(i, row(store, i).lease_token) for i in ids], [])
+    now = time.time()
+    with store.write() as conn:
+        leases.finish(conn, store.dialect, "w1", [(ids[0], Complete("1")),
+                                                  (ids[1], Fail(jobs.JobError("E", "m"))),
+                                                  (ids[2], Retry(now + 60, jobs.JobError(
+                                                      "E", "m")))], now)
+    for job_id in ids:
+        assert row(store, job_id).started_at == pytest.approx(now)
+    # The same through a busy supervisor's one-pass flush.
+    one = running(store, queue, owner="w1")
+    mark_starts(store, "w1", [(one, row(store, one).lease_token)], [])
+    with store.driver_write() as driver:
+        leases.finish_and_claim(driver, store.dialect, "w1",
+                                [(one, row(store, one).lease_token, Complete("2"))], {}, ["a"],
+                                30.0, now + 1)
+    assert (row(store, one).status, row(store, one).started_at) == ("completed",
+                                                                   pytest.approx(now + 1))
+
+
 def test_renewed_lease_is_not_reclaimed(store: jobs.Store, queue: jobs.Queue) -> None:
     job_id = running(store, queue, owner="w1", lease=0.05)
     assert renew(store, "w1", [job_id], lease=60.0) == {job_id}

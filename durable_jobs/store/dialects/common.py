@@ -85,10 +85,14 @@ def run_claim(conn: Connection, claim: ClaimSQL, owner: str, queue: str,
 
 #: What each outcome write sets, besides clearing the lease. ``{a}`` is the text value
 #: (result or error JSON), ``{b}`` the number (run_at), ``{now}`` the flush time.
+# A job claimed ahead is stamped unstarted (``leases.mark_starts``) until its start is
+# recorded; one that ran and ended in between gets the time of its outcome's write.
+_BEGUN = "started_at = COALESCE(started_at, {now})"
 FINISH_SET = {
-    "complete": "status = 'completed', result = {a}, error = NULL, finished_at = {now}",
-    "retry": "status = 'pending', run_at = {b}, error = {a}",
-    "fail": "status = 'failed', error = {a}, finished_at = {now}",
+    "complete": f"status = 'completed', result = {{a}}, error = NULL, finished_at = {{now}}, "
+                f"{_BEGUN}",
+    "retry": f"status = 'pending', run_at = {{b}}, error = {{a}}, {_BEGUN}",
+    "fail": f"status = 'failed', error = {{a}}, finished_at = {{now}}, {_BEGUN}",
     "release": "status = 'pending', attempt = attempt - 1",
 }
 CLEAR_LEASE = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
