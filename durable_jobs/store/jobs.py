@@ -112,7 +112,7 @@ def lock_leaves_first(conn: Connection, levels: list[list[str]]) -> None:
                          .order_by(jobs.c.id).with_for_update()).all()
 
 
-# A job claimed ahead and recorded as not begun (``leases.mark_starts``) has not used the
+# A job claimed ahead and recorded as not begun (``leases.mark_begun``) has not used the
 # attempt its claim counted: cancelled before it began, it shows the runs it had.
 _UNSPENT = case((and_(jobs.c.status == "running", jobs.c.started_at.is_(None)),
                  jobs.c.attempt - 1), else_=jobs.c.attempt)

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, literal_column, select, update
+from sqlalchemy import Connection, bindparam, case, literal_column, null, select, update
 
 from durable_jobs.engine.errors import JobError
 from durable_jobs.engine.outcomes import Complete, Fail, Retry, Transition
@@ -43,10 +43,9 @@ FAIL = ("UPDATE jobs SET status = 'failed', error = :b_error, finished_at = :b_n
         f"{CLEAR_LEASE} WHERE id = :b_id")
 RELEASE = (f"UPDATE jobs SET status = 'pending', attempt = attempt - 1, {CLEAR_LEASE} "
            "WHERE id = :b_id")
-# Which of our claimed jobs have begun (see ``mark_starts``); guarded like outcome writes.
+# When a job recorded as not begun began (``mark_begun``); guarded like outcome writes.
 _GUARD = ("WHERE id = :b_id AND lease_owner = :b_owner AND lease_token = :b_token "
           "AND status = 'running'")
-MARK_UNSTARTED = f"UPDATE jobs SET started_at = NULL {_GUARD}"
 MARK_STARTED = f"UPDATE jobs SET started_at = :b_at {_GUARD} AND started_at IS NULL"
 _PYFORMAT = re.compile(r":(b_\w+)")
 
@@ -80,15 +79,21 @@ def _matches(row: Any, tokens: Tokens | None) -> bool:
 
 
 def renew_tokens(conn: Connection, dialect: Dialect, owner: str, ids: list[str],
-                 lease_timeout: float) -> Tokens:
-    """Extend the leases still held; returns {id: lease token} of those still ours."""
+                 lease_timeout: float, unstarted: list[str] | None = None) -> Tokens:
+    """Extend the leases still held; returns {id: lease token} of those still ours.
+    ``unstarted`` (among ``ids``): record those as not begun (``mark_begun``), in the same
+    statement: the rows are rewritten anyway."""
     if not ids:
         return {}
+    values: dict[str, Any] = {
+        "lease_expires_at": literal_column(dialect.now_sql) + lease_timeout}
+    if unstarted:
+        values["started_at"] = case((jobs.c.id.in_(unstarted), null()),
+                                    else_=jobs.c.started_at)
     rows = conn.execute(
         update(jobs).where(jobs.c.id.in_(ids), jobs.c.lease_owner == owner,
                            jobs.c.status == "running")
-        .values(lease_expires_at=literal_column(dialect.now_sql) + lease_timeout)
-        .returning(jobs.c.id, jobs.c.lease_token)
+        .values(values).returning(jobs.c.id, jobs.c.lease_token)
     )
     return {row.id: row.lease_token for row in rows}
 
@@ -101,17 +106,15 @@ def renew(conn: Connection, dialect: Dialect, owner: str, ids: list[str],
             if tokens is None or tokens.get(job_id) == token}
 
 
-def mark_starts(conn: Connection, owner: str, unstarted: list[tuple[str, str]],
-                begun: list[tuple[str, str, float]]) -> None:
-    """Record which of our claimed jobs have not begun (``(id, token)``: claimed ahead,
-    waiting in the supervisor or queued in an actor) and when those recorded so began
-    (``(id, token, epoch)``). A claim stamps ``started_at`` as it takes a job, so an
-    unstarted one is stamped ``NULL``; the reaper gives such a job of a dead supervisor its
-    attempt back. Guarded by owner, token and ``running``, so a job finished, lost or taken
-    again meanwhile is left alone."""
-    if unstarted:
-        _executemany(conn, MARK_UNSTARTED, [{"b_id": job_id, "b_owner": owner, "b_token": token}
-                                            for job_id, token in unstarted])
+def mark_begun(conn: Connection, owner: str, begun: list[tuple[str, str, float]]) -> None:
+    """Record when jobs recorded as not begun began (``(id, token, epoch)``).
+
+    A claim stamps ``started_at`` as it takes a job; a supervisor records the ones it holds
+    unstarted (claimed ahead: waiting in its buffer or queued in an actor) as not begun,
+    ``NULL``, as it renews its leases (``renew_tokens``), and their start once they begin,
+    here. The reaper gives such a job of a dead supervisor its attempt back. Guarded by
+    owner, token and ``running``: a job finished, lost or taken again meanwhile is left
+    alone (an outcome stamps the start of one that has none)."""
     if begun:
         _executemany(conn, MARK_STARTED, [{"b_id": job_id, "b_owner": owner, "b_token": token,
                                            "b_at": at} for job_id, token, at in begun])
@@ -250,7 +253,7 @@ LEASE_EXPIRED = "LeaseExpired"
 def reclaim_expired(conn: Connection, dialect: Dialect, now: float,
                     limit: int = 1000) -> list[tuple[Any, Write]]:
     """Jobs whose lease expired go back to pending (an attempt is used) or fail when none
-    are left; those recorded as not begun (``mark_starts``: claimed ahead) go back to
+    are left; those recorded as not begun (``mark_begun``: claimed ahead) go back to
     pending with their attempt given back. Judged on the database clock."""
     # The clock as a subquery, read once: PostgreSQL's clock_timestamp() is volatile, and
     # compared directly it would be a filter on every leased row, not a range of the index.

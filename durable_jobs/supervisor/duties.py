@@ -51,14 +51,16 @@ class LeaseKeeper:
         held += [r.job for q in sup.dispatcher.ready.values() for r in q]
         unstarted, begun = self._starts(held, now)
         with store.write() as conn:
-            kept = leases.renew_tokens(conn, store.dialect, sup.id,
-                                       sorted({j.job_id for j in held}),
-                                       sup.options.lease_timeout)
-            leases.mark_starts(conn, sup.id, [(job_id, token) for job_id, token
-                                              in unstarted.items()
-                                              if self.unstarted.get(job_id) != token], begun)
+            kept = leases.renew_tokens(
+                conn, store.dialect, sup.id, sorted({j.job_id for j in held}),
+                sup.options.lease_timeout, [job_id for job_id, token in unstarted.items()
+                                            if self.unstarted.get(job_id) != token])
+            leases.mark_begun(conn, sup.id, begun)
             paused, mode = supervisor_rows.beat(conn, store.dialect, sup.id)
-        self.unstarted = unstarted
+        # (A job recorded as not begun under a claim since lost is not ours any more: the
+        # reaper will not see it as ours, and ``begun`` writes are guarded by the token.)
+        self.unstarted = {job_id: token for job_id, token in unstarted.items()
+                          if kept.get(job_id) == token}
         # A job re-claimed after a pause/resume has a new token: the old run is lost too.
         lost = [job for job in held if kept.get(job.job_id) != job.token]
         if lost:

@@ -211,10 +211,13 @@ def test_reaper_uses_up_attempts(store: jobs.Store, queue: jobs.Queue) -> None:
     assert queue.get(job_id).status is jobs.Status.FAILED
 
 
-def mark_starts(store: jobs.Store, owner: str, unstarted: list[tuple[str, str]],
-                begun: list[tuple[str, str, float]]) -> None:
+def mark_starts(store: jobs.Store, owner: str, unstarted: list[str],
+                begun: list[tuple[str, str, float]], held: list[str] | None = None) -> None:
+    """What a supervisor's renewal records: ``unstarted`` as not begun (among ``held``,
+    the leases it renews: by default those), ``begun`` as begun."""
     with store.write() as conn:
-        leases.mark_starts(conn, owner, unstarted, begun)
+        leases.renew_tokens(conn, store.dialect, owner, held or unstarted, 30.0, unstarted)
+        leases.mark_begun(conn, owner, begun)
 
 
 def test_a_job_claimed_ahead_and_never_begun_gets_its_attempt_back(
@@ -226,12 +229,18 @@ def test_a_job_claimed_ahead_and_never_begun_gets_its_attempt_back(
     ahead = running(store, queue, owner="dead", lease=0.05, retries=0)
     again = running(store, queue, owner="dead", lease=0.05, retries=0)
     token = {r_id: row(store, r_id).lease_token for r_id in (ran, ahead, again)}
-    mark_starts(store, "dead", [(ahead, token[ahead]), (again, token[again]),
-                                (ran, "another claim's token")], [])
+    other = running(store, queue, owner="alive")
+    with store.write() as conn:  # renewing, with the jobs not begun among those renewed
+        leases.renew_tokens(conn, store.dialect, "dead", [ran, ahead, again], 0.05,
+                            [ahead, again])
+        leases.renew_tokens(conn, store.dialect, "dead", [other], 30.0, [other])
     assert row(store, ahead).started_at is None
-    assert row(store, ran).started_at is not None  # the guard: not our claim, not marked
-    mark_starts(store, "dead", [], [(again, token[again], 1234.5)])  # it began after all
+    assert row(store, ran).started_at is not None
+    assert row(store, other).started_at is not None  # the guard: not the owner's
+    with store.write() as conn:  # it began after all; a stale claim's start changes nothing
+        leases.mark_begun(conn, "dead", [(again, token[again], 1234.5), (ran, "stale", 1.0)])
     assert row(store, again).started_at == 1234.5
+    assert row(store, ran).started_at != 1.0
     reclaimed: list[Any] = []
     wait_until(lambda: reclaimed.extend(reclaim(store)) or len(reclaimed) == 3, timeout=10,
                message="the three expired leases")
@@ -247,10 +256,20 @@ def test_a_job_claimed_ahead_and_never_begun_gets_its_attempt_back(
         assert (failed.status, failed.attempt) == (jobs.Status.FAILED, 1)
 
 
+def test_a_renewal_records_many_jobs_as_not_begun(store: jobs.Store, queue: jobs.Queue) -> None:
+    queue.enqueue_many([jobs.Sub("a") for _ in range(1_200)])
+    taken = claim(store, ["a"], limit=1_200)
+    mark_starts(store, "w1", [r.id for r in taken[:1_100]], [], held=[r.id for r in taken])
+    with store.read() as conn:
+        unstarted = set(conn.execute(select(jobs_table.c.id).where(
+            jobs_table.c.started_at.is_(None))).scalars())
+    assert unstarted == {r.id for r in taken[:1_100]}
+
+
 def test_a_job_cancelled_before_it_began_shows_no_attempt(store: jobs.Store,
                                                           queue: jobs.Queue) -> None:
     ahead, begun = running(store, queue, owner="w1"), running(store, queue, owner="w1")
-    mark_starts(store, "w1", [(ahead, row(store, ahead).lease_token)], [])
+    mark_starts(store, "w1", [ahead], [], held=[ahead, begun])
     queue.cancel(ahead)
     queue.cancel(begun)
     assert (queue.get(ahead).status, queue.get(ahead).attempt) == (jobs.Status.CANCELLED, 0)
@@ -262,7 +281,7 @@ def test_an_outcome_stamps_the_start_of_a_job_recorded_as_not_begun(
     """A job claimed ahead, recorded as not begun, that ran and ended before its start was
     recorded: its outcome's write gives it a start (no finished job without one)."""
     ids = [running(store, queue, owner="w1") for _ in range(3)]
-    mark_starts(store, "w1", [(i, row(store, i).lease_token) for i in ids], [])
+    mark_starts(store, "w1", ids, [])
     now = time.time()
     with store.write() as conn:
         leases.finish(conn, store.dialect, "w1", [(ids[0], Complete("1")),
@@ -273,7 +292,7 @@ def test_an_outcome_stamps_the_start_of_a_job_recorded_as_not_begun(
         assert row(store, job_id).started_at == pytest.approx(now)
     # The same through a busy supervisor's one-pass flush.
     one = running(store, queue, owner="w1")
-    mark_starts(store, "w1", [(one, row(store, one).lease_token)], [])
+    mark_starts(store, "w1", [one], [])
     with store.driver_write() as driver:
         leases.finish_and_claim(driver, store.dialect, "w1",
                                 [(one, row(store, one).lease_token, Complete("2"))], {}, ["a"],

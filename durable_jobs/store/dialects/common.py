@@ -85,7 +85,7 @@ def run_claim(conn: Connection, claim: ClaimSQL, owner: str, queue: str,
 
 #: What each outcome write sets, besides clearing the lease. ``{a}`` is the text value
 #: (result or error JSON), ``{b}`` the number (run_at), ``{now}`` the flush time.
-# A job claimed ahead is stamped unstarted (``leases.mark_starts``) until its start is
+# A job claimed ahead is stamped unstarted (``leases.mark_begun``) until its start is
 # recorded; one that ran and ended in between gets the time of its outcome's write.
 _BEGUN = "started_at = COALESCE(started_at, {now})"
 FINISH_SET = {
