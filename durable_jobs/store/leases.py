@@ -17,7 +17,17 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, literal_column, null, select, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal_column,
+    null,
+    select,
+    update,
+)
 
 from durable_jobs.engine.errors import JobError
 from durable_jobs.engine.outcomes import Complete, Fail, Retry, Transition
@@ -43,6 +53,9 @@ FAIL = ("UPDATE jobs SET status = 'failed', error = :b_error, finished_at = :b_n
         f"{CLEAR_LEASE} WHERE id = :b_id")
 RELEASE = (f"UPDATE jobs SET status = 'pending', attempt = attempt - 1, {CLEAR_LEASE} "
            "WHERE id = :b_id")
+# The reaper's release of a job recorded as not begun: its error says so, and marks it.
+RELEASE_UNBEGUN = (f"UPDATE jobs SET status = 'pending', attempt = attempt - 1, "
+                   f"error = :b_error, {CLEAR_LEASE} WHERE id = :b_id")
 # When a job recorded as not begun began (``mark_begun``); guarded like outcome writes.
 _GUARD = ("WHERE id = :b_id AND lease_owner = :b_owner AND lease_token = :b_token "
           "AND status = 'running'")
@@ -79,17 +92,22 @@ def _matches(row: Any, tokens: Tokens | None) -> bool:
 
 
 def renew_tokens(conn: Connection, dialect: Dialect, owner: str, ids: list[str],
-                 lease_timeout: float, unstarted: list[str] | None = None) -> Tokens:
+                 lease_timeout: float, unstarted: list[tuple[str, str]] | None = None
+                 ) -> Tokens:
     """Extend the leases still held; returns {id: lease token} of those still ours.
-    ``unstarted`` (among ``ids``): record those as not begun (``mark_begun``), in the same
-    statement: the rows are rewritten anyway."""
+    ``unstarted`` (``(id, token)``, among ``ids``): record those claims as not begun
+    (``mark_begun``), in the same statement: the rows are rewritten anyway."""
     if not ids:
         return {}
     values: dict[str, Any] = {
         "lease_expires_at": literal_column(dialect.now_sql) + lease_timeout}
-    if unstarted:
-        values["started_at"] = case((jobs.c.id.in_(unstarted), null()),
-                                    else_=jobs.c.started_at)
+    if unstarted:  # by claim: one IN list per token (a claim's jobs share its token)
+        by_token: dict[str, list[str]] = {}
+        for job_id, token in unstarted:
+            by_token.setdefault(token, []).append(job_id)
+        values["started_at"] = case(
+            *[(and_(jobs.c.lease_token == token, jobs.c.id.in_(job_ids)), null())
+              for token, job_ids in by_token.items()], else_=jobs.c.started_at)
     rows = conn.execute(
         update(jobs).where(jobs.c.id.in_(ids), jobs.c.lease_owner == owner,
                            jobs.c.status == "running")
@@ -243,11 +261,26 @@ def suspend(conn: Connection, dialect: Dialect, owner: str, job_id: str,
     dialect.bulk_insert(conn, sub_rows)
     conn.execute(update(jobs).where(jobs.c.id == job_id).values(
         status="waiting", attempt=jobs.c.attempt - 1, lease_owner=None, lease_token=None,
-        lease_expires_at=None))
+        lease_expires_at=None,
+        started_at=func.coalesce(jobs.c.started_at, literal_column(dialect.now_sql))))
     return True
 
 
 LEASE_EXPIRED = "LeaseExpired"
+NEVER_BEGUN = "before the job began (claimed ahead)"
+
+
+def _released_unbegun(error: str | None) -> bool:
+    """Whether the job's last error is the reaper's release of it as never begun (and it
+    has not run since: any outcome replaces or clears the error)."""
+    if not error:
+        return False
+    try:
+        stored = json.loads(error)
+    except ValueError:
+        return False
+    return (isinstance(stored, dict) and stored.get("type") == LEASE_EXPIRED
+            and NEVER_BEGUN in str(stored.get("message", "")))
 
 
 def reclaim_expired(conn: Connection, dialect: Dialect, now: float,
@@ -267,16 +300,21 @@ def reclaim_expired(conn: Connection, dialect: Dialect, now: float,
     by_kind: dict[type, list[dict[str, Any]]] = {Retry: [], Fail: [], Release: []}
     for row in rows:
         write: Write
-        if row.started_at is None:  # claimed ahead and never begun: no attempt was used
+        # Claimed ahead and never begun: no attempt was used. Not twice in a row, though:
+        # the record lags (a job that began within a renewal interval counts as not begun),
+        # and a job that kills its hosts that fast must not loop for ever.
+        if row.started_at is None and not _released_unbegun(row.error):
             write = Release()
-            by_kind[Release].append({"b_id": row.id})
+            by_kind[Release].append({"b_id": row.id, "b_error": error_json(JobError(
+                LEASE_EXPIRED, f"lease held by supervisor {row.lease_owner} expired "
+                               f"{NEVER_BEGUN}: its attempt was given back"))})
         else:
             error = JobError(LEASE_EXPIRED, f"lease held by supervisor {row.lease_owner} "
                                             "expired (the supervisor stopped heartbeating)")
             write = Fail(error) if row.attempt >= row.max_attempts else Retry(now, error)
             by_kind[type(write)].append(_params(row.id, write, now))
         items.append((row, write))
-    for kind, sql in ((Retry, RETRY), (Fail, FAIL), (Release, RELEASE)):
+    for kind, sql in ((Retry, RETRY), (Fail, FAIL), (Release, RELEASE_UNBEGUN)):
         if by_kind[kind]:
             _executemany(conn, sql, by_kind[kind])
     _after_terminal(conn, dialect, items, now)

@@ -53,7 +53,8 @@ class LeaseKeeper:
         with store.write() as conn:
             kept = leases.renew_tokens(
                 conn, store.dialect, sup.id, sorted({j.job_id for j in held}),
-                sup.options.lease_timeout, [job_id for job_id, token in unstarted.items()
+                sup.options.lease_timeout, [(job_id, token) for job_id, token
+                                            in unstarted.items()
                                             if self.unstarted.get(job_id) != token])
             leases.mark_begun(conn, sup.id, begun)
             paused, mode = supervisor_rows.beat(conn, store.dialect, sup.id)

@@ -125,6 +125,21 @@ def test_suspend_parks_the_parent_and_inserts_sub_jobs(store: jobs.Store,
     assert claim(store, ["parent"]) == []  # a waiting parent is not claimable
 
 
+def test_a_parent_recorded_as_not_begun_that_fans_out_gets_a_start(
+        store: jobs.Store, queue: jobs.Queue) -> None:
+    """A parent claimed ahead, recorded as not begun, that ran and fanned out before its
+    start was recorded: it waits with a start (it ran), not with none."""
+    parent = running_parent(store, queue)
+    with store.write() as conn:
+        token = conn.execute(select(jobs_table.c.lease_token)
+                             .where(jobs_table.c.id == parent)).scalar_one()
+        leases.renew_tokens(conn, store.dialect, "w1", [parent], 30.0, [(parent, token)])
+    assert queue.get(parent).started_at is None
+    ok, _fan_out, _subs = suspend(store, parent, [1])
+    waiting = queue.get(parent)
+    assert ok and waiting.status is jobs.Status.WAITING and waiting.started_at is not None
+
+
 def test_suspend_by_wrong_owner_writes_nothing(store: jobs.Store, queue: jobs.Queue) -> None:
     parent = running_parent(store, queue, owner="w1")
     ok, fan_out_id, subs = suspend(store, parent, [1, 2], owner="intruder")

@@ -350,7 +350,8 @@ class PostgreSQLDialect:
             sql = SAVE_STEP
             params.update((f"c{i}", value) for i, value in enumerate(rows[0]))
         else:
-            columns = list(zip(*rows, strict=True))
+            # In id order: the rows are locked in that order, as cancel locks them.
+            columns = list(zip(*sorted(rows, key=lambda row: row[0]), strict=True))
             distinct = len(set(columns[0])) == len(rows)
             sql = SAVE_STEPS_DISTINCT if distinct else SAVE_STEPS
             params.update((f"c{i}", list(values)) for i, values in enumerate(columns))
