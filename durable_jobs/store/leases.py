@@ -309,8 +309,10 @@ def reclaim_expired(conn: Connection, dialect: Dialect, now: float,
                 LEASE_EXPIRED, f"lease held by supervisor {row.lease_owner} expired "
                                f"{NEVER_BEGUN}: its attempt was given back"))})
         else:
-            error = JobError(LEASE_EXPIRED, f"lease held by supervisor {row.lease_owner} "
-                                            "expired (the supervisor stopped heartbeating)")
+            why = ("expired before the job began (claimed ahead) for the second time in a "
+                   "row: this time it uses an attempt") if row.started_at is None else \
+                "expired (the supervisor stopped heartbeating)"
+            error = JobError(LEASE_EXPIRED, f"lease held by supervisor {row.lease_owner} {why}")
             write = Fail(error) if row.attempt >= row.max_attempts else Retry(now, error)
             by_kind[type(write)].append(_params(row.id, write, now))
         items.append((row, write))

@@ -267,6 +267,7 @@ def test_a_job_claimed_ahead_and_never_begun_gets_its_attempt_back(
     wait_until(lambda: reclaim(store), timeout=10, message="the second expiry")
     job = queue.get(ahead)
     assert (job.status, job.attempt) == (jobs.Status.FAILED, 1)
+    assert job.error is not None and "second time in a row" in job.error.message
 
 
 def test_a_renewal_records_many_jobs_as_not_begun(store: jobs.Store, queue: jobs.Queue) -> None:
