@@ -28,6 +28,7 @@ from common import scratch_database  # noqa: E402
 
 import durable_jobs as jobs  # noqa: E402
 from durable_jobs.store.schema import jobs as jobs_table  # noqa: E402
+from durable_jobs.supervisor.pace import DEFAULT_PREFETCH  # noqa: E402
 
 PG_URL = os.environ.get("DURABLE_BENCH_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
 TARGET_NOOP = {"sqlite": 25_000, "postgresql": 10_000}
@@ -147,8 +148,9 @@ def bench_cpu(backend: str, n_jobs: int, work: int, prefetch: int) -> None:
     pool_time = (before + after) / 2
     ratio = pool_time / ours
     verdict = "PASS" if ratio >= CPU_TARGET else "MISS"
+    default = " (the default)" if prefetch == DEFAULT_PREFETCH else ""
     print(f"[{backend}] CPU-bound {n_jobs} x {work} iterations ({pool_time / n_jobs * 2e3:.1f} ms "
-          f"each in Pool(2)), prefetch {prefetch}: Pool(2) {pool_time:.2f} s (before "
+          f"each in Pool(2)), prefetch {prefetch}{default}: Pool(2) {pool_time:.2f} s (before "
           f"{before:.2f}, after {after:.2f}), durable-jobs {ours:.2f} s (worker start "
           f"included) -> {ratio:.1%} of Pool(2); target >= {CPU_TARGET:.0%} -> {verdict}")
 
@@ -162,8 +164,9 @@ def main() -> None:
     parser.add_argument("--cpu-jobs", type=int, default=500)
     parser.add_argument("--cpu-work", type=int, default=None,
                         help="iterations per CPU-bound job (default: calibrated to ~20 ms)")
-    parser.add_argument("--cpu-prefetch", type=int, nargs="+", default=[0, 2],
-                        help="prefetch settings to run the CPU-bound workload with")
+    parser.add_argument("--cpu-prefetch", type=int, nargs="+", default=[DEFAULT_PREFETCH, 0],
+                        help="prefetch settings to run the CPU-bound workload with "
+                             f"(default: the worker's default, {DEFAULT_PREFETCH}, then 0)")
     parser.add_argument("--skip-cpu", action="store_true")
     args = parser.parse_args()
     backends = ["sqlite", "postgresql"] if args.backend == "all" else [args.backend]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from durable_jobs.engine.errors import DurableJobsError
+from durable_jobs.supervisor.pace import DEFAULT_PREFETCH
 
 __all__ = [
     "Config",
@@ -65,7 +66,7 @@ class SupervisorConfig:
     scheduler: bool = True
     pause_mode: str = "graceful"
     shutdown_timeout: float = 30.0
-    prefetch: int = 0
+    prefetch: int = DEFAULT_PREFETCH
     retention: float | None = None
 
 

@@ -19,6 +19,7 @@ from durable_jobs.supervisor.pool import Actor, ActorState, Running
 if TYPE_CHECKING:
     from durable_jobs.supervisor.dispatch import Dispatcher
     from durable_jobs.supervisor.hooks import Hooks
+    from durable_jobs.supervisor.pace import Pace
     from durable_jobs.supervisor.pool import Pool
     from durable_jobs.supervisor.supervisor import SupervisorOptions, Wake
 
@@ -29,6 +30,7 @@ class Inbox:
     """Message handling for the supervisor (a mixin; the state lives on the supervisor)."""
 
     pool: Pool
+    pace: Pace
     dispatcher: Dispatcher
     hooks: Hooks
     options: SupervisorOptions
@@ -112,8 +114,11 @@ class Inbox:
         actor.jobs_done += 1
         if not actor.proven:
             self.pool.proven(actor)
+        now = time.monotonic()
+        if job.started:
+            self.pace.observe(actor.queue, now - job.started)
         if actor.jobs:
-            self._starts(actor.jobs[0], time.monotonic())
+            self._starts(actor.jobs[0], now)
         elif actor.state is ActorState.BUSY:
             actor.state = ActorState.IDLE
         if outcome.kind == "completed":

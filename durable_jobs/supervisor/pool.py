@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import collections
 import enum
+import heapq
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +104,11 @@ class Actor:
         return max(room, 0)
 
 
+def _one_each(actor: Actor) -> int:
+    """A depth: one lease per actor, the one it runs."""
+    return 1
+
+
 class Pool:
     """All actors of one supervisor."""
 
@@ -155,12 +162,33 @@ class Pool:
                 spawned.append(self.spawn(queue))
         return spawned
 
-    def open_slots(self, queue: str, depth: int) -> list[tuple[Actor, int]]:
-        """Actors of ``queue`` that can take more leases, emptiest first, with how many."""
-        slots = [(a, a.capacity(depth)) for a in self.actors.values() if a.queue == queue]
+    def open_slots(self, queue: str, depth: Callable[[Actor], int]) -> list[tuple[Actor, int]]:
+        """Actors of ``queue`` that can take more leases, emptiest first, with how many
+        (``depth(actor)``: how many it may hold in all)."""
+        slots = [(a, a.capacity(depth(a))) for a in self.actors.values() if a.queue == queue]
         slots = [(a, n) for a, n in slots if n > 0]
         slots.sort(key=lambda item: -item[1])
         return slots
+
+    def deal(self, queue: str, depth: Callable[[Actor], int], count: int) -> list[Actor]:
+        """Which actor of ``queue`` gets each of the next ``count`` leases (fewer if they
+        have no room): dealt one at a time to the actor holding fewest, so that no lease is
+        queued behind another while an actor of the queue holds fewer, and the first leases
+        (the most urgent) each lead an actor's queue. (A batch once went whole to the first
+        idle actor.) While an actor of the queue is starting, none gets more than one: the
+        new one will be free in a moment."""
+        if any(a.queue == queue and a.state is ActorState.STARTING
+               for a in self.actors.values()):
+            depth = _one_each
+        heap = [(len(a.jobs), n, a.id, a) for a, n in self.open_slots(queue, depth)]
+        heapq.heapify(heap)
+        order: list[Actor] = []
+        while heap and len(order) < count:
+            held, room, actor_id, actor = heapq.heappop(heap)
+            order.append(actor)
+            if room > 1:
+                heapq.heappush(heap, (held + 1, room - 1, actor_id, actor))
+        return order
 
     def busy(self) -> list[Actor]:
         return [a for a in self.actors.values() if a.jobs]

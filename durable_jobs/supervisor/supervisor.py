@@ -9,6 +9,7 @@ deadline. Business rules live below it: ``decide`` (engine), the store, the pool
 from __future__ import annotations
 
 import collections
+import functools
 import gc
 import logging
 import os
@@ -34,12 +35,14 @@ from durable_jobs.store import supervisors as supervisor_rows
 from durable_jobs.store.dialects import Listener
 from durable_jobs.store.store import Store, first_line, is_transient
 from durable_jobs.supervisor.control import Control, Phase
-from durable_jobs.supervisor.dispatch import Dispatcher, Flushed
+from durable_jobs.supervisor.dispatch import Dispatcher, Flushed, Ready
 from durable_jobs.supervisor.duties import Duties
 from durable_jobs.supervisor.hooks import Hooks
 from durable_jobs.supervisor.inbox import Inbox
+from durable_jobs.supervisor.pace import DEFAULT_PREFETCH, Pace
 from durable_jobs.supervisor.pool import (
     SILENT,
+    Actor,
     ActorState,
     Pool,
     QueueSettings,
@@ -49,7 +52,6 @@ from durable_jobs.supervisor.signals import SignalTable, Wakeup
 log = logging.getLogger("durable_jobs.supervisor")
 
 BOOT_TIMEOUT = 60.0
-MAX_DEPTH = 1024  # leases one actor may hold at once when prefetch > 0
 FLUSH_INTERVAL = 0.002
 SQLITE_POLL = 0.005
 _NOBLOCK, _RCVMORE, _SNDMORE = int(zmq.NOBLOCK), int(zmq.RCVMORE), int(zmq.SNDMORE)
@@ -66,7 +68,7 @@ class SupervisorOptions:
     scheduler: bool = False
     pause_mode: str = "graceful"
     shutdown_timeout: float = 30.0
-    prefetch: int = 0
+    prefetch: int = DEFAULT_PREFETCH
     flush_interval: float = FLUSH_INTERVAL
     retention: float | None = None  # delete jobs finished longer ago (seconds); None: keep
 
@@ -119,9 +121,8 @@ class Supervisor(Inbox, Control):
         self.opened = False  # open() succeeded: the loop ran
         self.error: BaseException | None = None
         self.registered = False  # our supervisors row exists
-        # Zero prefetch: an actor holds one lease, the one it runs. Otherwise a few more are
-        # queued in the actor so quick jobs need no round trip each.
-        self.depth = 1 if options.prefetch <= 0 else min(MAX_DEPTH, 1 + options.prefetch)
+        # How far ahead to claim, and how many leases to queue in an actor (see pace.py).
+        self.pace = Pace(list(options.queues), options.prefetch)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -359,13 +360,15 @@ class Supervisor(Inbox, Control):
         d = self.dispatcher
         claiming = self.phase is Phase.RUNNING and self.paused is None
         poll_due = now >= self.next_poll
+        depth = functools.partial(self.pace.depth, now=now)
         woke = self.wake.notified or poll_due
         for queue in self.options.queues:
-            idle = sum(n for _, n in self.pool.open_slots(queue, self.depth))
+            idle = sum(n for _, n in self.pool.open_slots(queue, depth))
             buffered = len(d.ready[queue])
-            want = idle + self.options.prefetch - buffered
+            ahead = self.pace.ahead(queue)
+            want = idle + ahead - buffered
             starving = idle > buffered
-            refill = buffered <= self.options.prefetch // 2
+            refill = buffered <= ahead // 2
             if claiming and want > 0 and (woke or queue in self.hot) and (starving or refill):
                 d.want[queue] = want
             elif not claiming:
@@ -409,29 +412,34 @@ class Supervisor(Inbox, Control):
     def dispatch(self, now: float) -> None:
         if self.phase is not Phase.RUNNING or self.paused is not None:
             return
-        hooked = self.hooks.wanted
+        depth = functools.partial(self.pace.depth, now=now)
         for queue, ready in self.dispatcher.ready.items():
             if not ready:
                 continue
-            for actor, slots in self.pool.open_slots(queue, self.depth):
-                batch = [ready.popleft() for _ in range(min(slots, len(ready)))]
-                if not batch:
-                    break
-                was_idle = not actor.jobs
-                leases = []
-                for item in batch:
-                    job = item.job
-                    job.actor_id = actor.id
-                    actor.jobs.append(job)
-                    leases.append(p.Lease(job.job_id, job.name, job.queue, job.args,
-                                          job.attempt, job.max_attempts, item.steps,
-                                          job.timeout, job.token))
-                    if hooked:
-                        self.hooks.started(job)
-                if was_idle:
-                    self._starts(actor.jobs[0], now)
-                actor.state = ActorState.BUSY
-                self.send(actor.id, leases[0] if len(leases) == 1 else p.Leases(tuple(leases)))
+            batches: dict[str, tuple[Actor, list[Ready]]] = {}
+            for actor in self.pool.deal(queue, depth, len(ready)):
+                batches.setdefault(actor.id, (actor, []))[1].append(ready.popleft())
+            for actor, batch in batches.values():
+                self._hand_over(actor, batch, now)
+
+    def _hand_over(self, actor: Actor, batch: list[Ready], now: float) -> None:
+        """Send ``batch`` to ``actor`` in one message; the first starts its clock if the
+        actor was idle."""
+        hooked = self.hooks.wanted
+        was_idle = not actor.jobs
+        leases = []
+        for item in batch:
+            job = item.job
+            job.actor_id = actor.id
+            actor.jobs.append(job)
+            leases.append(p.Lease(job.job_id, job.name, job.queue, job.args, job.attempt,
+                                  job.max_attempts, item.steps, job.timeout, job.token))
+            if hooked:
+                self.hooks.started(job)
+        if was_idle:
+            self._starts(actor.jobs[0], now)
+        actor.state = ActorState.BUSY
+        self.send(actor.id, leases[0] if len(leases) == 1 else p.Leases(tuple(leases)))
 
     def check_drained(self, now: float) -> None:
         if self.phase is not Phase.DRAINING:
@@ -514,8 +522,9 @@ class Supervisor(Inbox, Control):
         return min(deadlines)
 
     def _idle_actors(self) -> bool:
+        now = time.monotonic()
         return self.phase is Phase.RUNNING and self.paused is None and any(
-            a.capacity(self.depth) > 0 for a in self.pool.actors.values())
+            a.capacity(self.pace.depth(a, now)) > 0 for a in self.pool.actors.values())
 
     # -- messages ------------------------------------------------------------------------
 

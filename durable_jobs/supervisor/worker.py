@@ -13,6 +13,7 @@ from durable_jobs.engine.job import PauseMode
 from durable_jobs.engine.job import pause_mode as pause_mode_of  # (a parameter's name below)
 from durable_jobs.engine.options import check_name, to_seconds
 from durable_jobs.supervisor.control import Phase
+from durable_jobs.supervisor.pace import DEFAULT_PREFETCH
 from durable_jobs.supervisor.pool import QueueSettings
 from durable_jobs.supervisor.supervisor import Supervisor, SupervisorOptions
 
@@ -28,7 +29,7 @@ class Worker:
     def __init__(self, queue: Any, queues: dict[str, int], *, scheduler: bool = False,
                  poll_interval: float = 0.5, heartbeat_interval: float = 1.0,
                  lease_timeout: float = 30.0, shutdown_timeout: float = 30.0,
-                 prefetch: int = 0, pause_mode: str = "graceful",
+                 prefetch: int = DEFAULT_PREFETCH, pause_mode: str = "graceful",
                  max_jobs_per_actor: int | None = None, max_memory_mb: int | None = None,
                  retention: float | timedelta | None = None, store: Any = None) -> None:
         if not isinstance(queues, Mapping):

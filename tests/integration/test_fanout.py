@@ -343,7 +343,8 @@ def test_cancel_parent_cancels_the_whole_subtree(queue: jobs.Queue, tmp_path: Pa
     base = setup(queue, tmp_path)
     mid = {"subs": [{"i": 10, "gate": "gate"}, {"i": 11, "gate": "gate"}]}
     subs = [{"i": 0, "gate": "gate"}, mid, {"i": 2, "gate": "gate"}]
-    with queue.worker({"default": 3}, **FAST):
+    # Prefetch 0: the grandchild without a free actor stays pending (not claimed ahead).
+    with queue.worker({"default": 3}, **FAST, prefetch=0):
         job_id = queue.enqueue("parent", {**base, "subs": subs})
 
         def settled() -> bool:  # parent and mid waiting, three items running, one pending
@@ -470,6 +471,7 @@ url = "{url}"
 poll_interval = 0.1
 heartbeat_interval = 0.2
 lease_timeout = 2
+prefetch = 0  # the sub-job without a free actor stays pending, not claimed ahead
 [queues.default]
 concurrency = 3
 '''

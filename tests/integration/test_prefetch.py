@@ -171,3 +171,65 @@ def test_pause_and_stop_give_queued_leases_back_at_once(queue: jobs.Queue,
     assert status(queue, slow) == "completed"
     assert [(status(queue, i), queue.get(i).attempt) for i in queued] == [("pending", 0)] * 2
     assert lines(log) == ["a1", "a2"]
+
+
+def nap(args: dict) -> str:
+    """Sleeps ``args["seconds"]``, then appends its tag to a file."""
+    time.sleep(args["seconds"])
+    append(args["path"], str(args["tag"]))
+    return str(args["tag"])
+
+
+@pytest.mark.timeout(60)
+def test_no_lease_waits_behind_a_long_job_while_another_actor_is_free(
+        queue: jobs.Queue, tmp_path: Path) -> None:
+    """With the default prefetch, jobs that are not quick wait in the supervisor, not queued
+    behind a running job: here, while one actor runs a job until the gate opens, the other
+    runs all four others. (Queued in actors, some sat behind the gated job until it ended.)"""
+    queue.register("gated", gated)
+    queue.register("nap", nap)
+    gate = tmp_path / "gate"
+    log = tmp_path / "naps"
+    with queue.worker({"default": 2}, poll_interval=0.1) as worker:
+        # A first job times the queue: 100 ms is not quick (pace.QUEUE_UNDER).
+        queue.result(queue.enqueue("nap", {"path": str(log), "tag": "first", "seconds": 0.1}),
+                     timeout=15)
+        slow, *naps = queue.enqueue_many(
+            [jobs.Sub("gated", {"gate": str(gate)}, priority=9)]
+            + [jobs.Sub("nap", {"path": str(log), "tag": i, "seconds": 0.05}) for i in range(4)])
+        for job_id in naps:
+            queue.result(job_id, timeout=15)
+        assert status(queue, slow) == "running"
+        assert all(len(a.jobs) <= 1 for a in list(worker.supervisor.pool.actors.values()))
+        gate.touch()
+        assert queue.result(slow, timeout=15) == "opened"
+    assert sorted(lines(log)) == ["0", "1", "2", "3", "first"]
+
+
+@pytest.mark.timeout(60)
+def test_a_queue_of_long_jobs_claims_only_for_free_actors(queue: jobs.Queue,
+                                                          tmp_path: Path) -> None:
+    """Claiming ahead pays only for short jobs: once a job took a second or more
+    (pace.CLAIM_AHEAD_UNDER), the queue claims no more jobs than it has free actors, so the
+    others stay pending, free for any other supervisor."""
+    queue.register("gated", gated)
+    queue.register("nap", nap)
+    gate = tmp_path / "gate"
+    log = tmp_path / "naps"
+    with queue.worker({"default": 1}, prefetch=4, poll_interval=0.1) as worker:
+        queue.result(queue.enqueue("nap", {"path": str(log), "tag": "long", "seconds": 1.05}),
+                     timeout=15)
+        slow, *rest = queue.enqueue_many(
+            [jobs.Sub("gated", {"gate": str(gate)}, priority=9)]
+            + [jobs.Sub("nap", {"path": str(log), "tag": i, "seconds": 0}) for i in range(2)])
+        wait_until(lambda: status(queue, slow) == "running", timeout=10,
+                   message="the gated job to start")
+        # Two polls later (and the wake-ups of the enqueue), the others are still not claimed.
+        sup = worker.supervisor
+        polled = sup.next_poll
+        wait_until(lambda: sup.next_poll > polled + 0.15, timeout=10, message="two polls")
+        assert [status(queue, job_id) for job_id in rest] == ["pending", "pending"]
+        gate.touch()
+        for job_id in rest:
+            queue.result(job_id, timeout=15)
+    assert lines(log) == ["long", "0", "1"]

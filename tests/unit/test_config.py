@@ -99,7 +99,7 @@ def test_ints_become_floats(tmp_path: Path) -> None:
 def test_defaults_when_optional_tables_and_keys_absent() -> None:
     config = parse_config(minimal())
     assert config.supervisor == SupervisorConfig()
-    assert config.supervisor == SupervisorConfig(0.5, 1.0, 30.0, True, "graceful", 30.0, 0)
+    assert config.supervisor == SupervisorConfig(0.5, 1.0, 30.0, True, "graceful", 30.0, 2)
     assert config.queues == (QueueConfig("default", 1, None, None),)
 
 
