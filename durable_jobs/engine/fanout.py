@@ -37,7 +37,9 @@ def checked_once(checked: dict[tuple[Any, ...], T], sub: Sub, check: Callable[[S
     """``check(sub)`` (which validates its name and options, and returns what they resolve
     to), or what it returned for an earlier Sub with the same ones: equal, and numbers of
     the same types (1, 1.0 and True are equal; only 1 is a valid priority)."""
-    key = (*_OPTIONS(sub), *map(type, _NUMBERS(sub)))
+    key = _OPTIONS(sub)
+    if key[1] is not None or key[2] is not None or key[4] is not None:  # numbers given
+        key = (*key, *map(type, _NUMBERS(sub)))
     try:
         found = checked.get(key)
     except TypeError:  # an unhashable option: checking it names the problem

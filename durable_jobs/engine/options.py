@@ -7,10 +7,12 @@ producing process (if any), then the defaults below.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -114,6 +116,28 @@ def encode_json(value: Any, what: str = "args") -> str:
         raise PayloadTooLargeError(
             f"{what}: {size} bytes once encoded, over the 1 MiB limit ({MAX_PAYLOAD} bytes)")
     return text
+
+
+def json_encoder(what: str = "args") -> Callable[[Any], str]:
+    """``encode_json`` for many payloads in a row (``enqueue_many``), with this thread's C
+    encoder fetched once. A payload that it refuses, or that is over the size limit, is
+    encoded again by ``encode_json``, which raises the error that names the problem."""
+    if _NO_C_ENCODER:  # pragma: no cover - not CPython
+        return functools.partial(encode_json, what=what)
+    encoder, join = _c_encoder(), "".join
+
+    def encode(value: Any) -> str:
+        try:
+            text = join(encoder(value, 0))
+        except (TypeError, ValueError):
+            _local.encoder = None  # its circular-reference markers may be half-filled
+            return encode_json(value, what)
+        except BaseException:
+            _local.encoder = None
+            raise
+        return text if len(text) <= MAX_PAYLOAD else encode_json(value, what)
+
+    return encode
 
 
 def _utf8_size(text: str) -> int:

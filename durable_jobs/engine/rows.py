@@ -19,6 +19,7 @@ from durable_jobs.engine.options import (
     HandlerOptions,
     check_name,
     encode_json,
+    json_encoder,
     resolve,
     to_seconds,
 )
@@ -144,13 +145,14 @@ def iter_rows(registry: Registry, items: list[Sub], now: float) -> Iterator[tupl
     are made; options are resolved once per distinct job shape."""
     shapes: dict[tuple[Any, ...], Shape] = {}
     check = functools.partial(_sub_shape, registry)
+    encode = json_encoder()
     for job_id, sub in zip(new_ids(len(items)), items, strict=True):
         if not isinstance(sub, Sub):
             raise InvalidOptionTypeError(f"expected jobs.Sub items, got {type(sub).__name__}")
         shape = checked_once(shapes, sub, check)
         if shape.typed:
             coerce_args(registry.handlers[sub.name], sub.args)
-        yield (job_id, sub.name, shape.queue, encode_json(sub.args), *shape.options, now,
+        yield (job_id, sub.name, shape.queue, encode(sub.args), *shape.options, now,
                None, None, None, None, 0, now)
 
 
