@@ -23,7 +23,8 @@ from typing import Any, NamedTuple
 from durable_jobs.engine.durable import FanOutSpec, StoredStep
 from durable_jobs.engine.errors import JobError, ProtocolError
 
-VERSION = 3  # 2: frames are (code, *fields) tuples; 3: leases and revokes carry the token
+VERSION = 4  # 2: frames are (code, *fields) tuples; 3: leases and revokes carry the token;
+#             4: outcomes carry the run time
 ORPHAN_EXIT = 70  # an actor's exit status when its supervisor is gone or fell silent
 
 
@@ -82,6 +83,7 @@ class Outcome(NamedTuple):
     retry_after: float | None = None
     fan_out: FanOutSpec | None = None
     rss_mb: float = 0.0
+    seconds: float = 0.0  # how long the attempt ran, as the actor timed it
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import time
 import traceback
 
 from durable_jobs.engine.durable import (
@@ -79,12 +80,14 @@ def execute(lease: Lease, registry: Registry, runtime: Runtime) -> Outcome | Non
     context = JobContext(lease.job_id, lease.name, lease.queue, lease.attempt,
                          json.loads(lease.args))
     token = install(Execution(context, lease.steps, registry, runtime))
+    started = time.perf_counter()
     try:
-        return _attempt(lease, registry, context)
+        outcome = _attempt(lease, registry, context)
     except LeaseLost:
         return None
     finally:
         uninstall(token)
+    return outcome._replace(seconds=time.perf_counter() - started)
 
 
 def _attempt(lease: Lease, registry: Registry, context: JobContext) -> Outcome:

@@ -114,11 +114,9 @@ class Inbox:
         actor.jobs_done += 1
         if not actor.proven:
             self.pool.proven(actor)
-        now = time.monotonic()
-        if job.started:
-            self.pace.observe(actor.queue, now - job.started)
+        self.pace.observe(actor.queue, outcome.seconds)
         if actor.jobs:
-            self._starts(actor.jobs[0], now)
+            self._starts(actor.jobs[0], time.monotonic())
         elif actor.state is ActorState.BUSY:
             actor.state = ActorState.IDLE
         if outcome.kind == "completed":

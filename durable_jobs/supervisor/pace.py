@@ -13,7 +13,9 @@ actor of the queue may have nothing to do (the "prefetch trap" of Celery's defau
 * jobs are claimed ahead only while the queue's last job took under ``CLAIM_AHEAD_UNDER``
   (for longer jobs the round trip is a fraction of a percent).
 
-A queue whose jobs have not been timed yet (a fresh supervisor) gets the full prefetch.
+A queue whose jobs have not been timed yet (a fresh supervisor) claims ahead but queues
+nothing in a busy actor. The time is the actor's own (from the start of the attempt to its
+outcome), so a slow flush in the supervisor does not make quick jobs look slow.
 Alternatives considered: a moving average of durations reacts late both ways (one long job
 in a quick queue, quick jobs after a long one); the last job alone reacts at once, and the
 per-actor check covers a long job while it is still running.
@@ -53,7 +55,7 @@ class Pace:
         if self.prefetch == 0:
             return 1
         last = self.last.get(actor.queue)
-        if last is not None and last >= QUEUE_UNDER:
+        if last is None or last >= QUEUE_UNDER:
             return 1
         head = actor.job
         if head is not None and head.started and now - head.started >= QUEUE_UNDER:

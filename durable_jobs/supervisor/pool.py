@@ -164,8 +164,12 @@ class Pool:
 
     def open_slots(self, queue: str, depth: Callable[[Actor], int]) -> list[tuple[Actor, int]]:
         """Actors of ``queue`` that can take more leases, emptiest first, with how many
-        (``depth(actor)``: how many it may hold in all)."""
-        slots = [(a, a.capacity(depth(a))) for a in self.actors.values() if a.queue == queue]
+        (``depth(actor)``: how many it may hold in all). While an actor of the queue is
+        starting, none may hold more than one: the new one will be free in a moment."""
+        actors = [a for a in self.actors.values() if a.queue == queue]
+        if any(a.state is ActorState.STARTING for a in actors):
+            depth = _one_each
+        slots = [(a, a.capacity(depth(a))) for a in actors]
         slots = [(a, n) for a, n in slots if n > 0]
         slots.sort(key=lambda item: -item[1])
         return slots
@@ -175,11 +179,7 @@ class Pool:
         have no room): dealt one at a time to the actor holding fewest, so that no lease is
         queued behind another while an actor of the queue holds fewer, and the first leases
         (the most urgent) each lead an actor's queue. (A batch once went whole to the first
-        idle actor.) While an actor of the queue is starting, none gets more than one: the
-        new one will be free in a moment."""
-        if any(a.queue == queue and a.state is ActorState.STARTING
-               for a in self.actors.values()):
-            depth = _one_each
+        idle actor.)"""
         heap = [(len(a.jobs), n, a.id, a) for a, n in self.open_slots(queue, depth)]
         heapq.heapify(heap)
         order: list[Actor] = []

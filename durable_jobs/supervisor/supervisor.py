@@ -420,9 +420,9 @@ class Supervisor(Inbox, Control):
             for actor in self.pool.deal(queue, depth, len(ready)):
                 batches.setdefault(actor.id, (actor, []))[1].append(ready.popleft())
             for actor, batch in batches.values():
-                self._hand_over(actor, batch, now)
+                self._hand_over(actor, batch)
 
-    def _hand_over(self, actor: Actor, batch: list[Ready], now: float) -> None:
+    def _hand_over(self, actor: Actor, batch: list[Ready]) -> None:
         """Send ``batch`` to ``actor`` in one message; the first starts its clock if the
         actor was idle."""
         hooked = self.hooks.wanted
@@ -436,8 +436,8 @@ class Supervisor(Inbox, Control):
                                   job.max_attempts, item.steps, job.timeout, job.token))
             if hooked:
                 self.hooks.started(job)
-        if was_idle:
-            self._starts(actor.jobs[0], now)
+        if was_idle:  # (now, not when the loop turn began: a flush may have run since)
+            self._starts(actor.jobs[0], time.monotonic())
         actor.state = ActorState.BUSY
         self.send(actor.id, leases[0] if len(leases) == 1 else p.Leases(tuple(leases)))
 
@@ -522,9 +522,9 @@ class Supervisor(Inbox, Control):
         return min(deadlines)
 
     def _idle_actors(self) -> bool:
-        now = time.monotonic()
+        depth = functools.partial(self.pace.depth, now=time.monotonic())
         return self.phase is Phase.RUNNING and self.paused is None and any(
-            a.capacity(self.pace.depth(a, now)) > 0 for a in self.pool.actors.values())
+            self.pool.open_slots(queue, depth) for queue in self.options.queues)
 
     # -- messages ------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ class Worker:
     def __init__(self, queue: Any, queues: dict[str, int], *, scheduler: bool = False,
                  poll_interval: float = 0.5, heartbeat_interval: float = 1.0,
                  lease_timeout: float = 30.0, shutdown_timeout: float = 30.0,
-                 prefetch: int = DEFAULT_PREFETCH, pause_mode: str = "graceful",
+                 prefetch: int | None = DEFAULT_PREFETCH, pause_mode: str = "graceful",
                  max_jobs_per_actor: int | None = None, max_memory_mb: int | None = None,
                  retention: float | timedelta | None = None, store: Any = None) -> None:
         if not isinstance(queues, Mapping):
@@ -51,7 +51,8 @@ class Worker:
             lease_timeout=_interval(lease_timeout, "lease_timeout"), scheduler=bool(scheduler),
             pause_mode=pause_mode_of(pause_mode).value,
             shutdown_timeout=_seconds(shutdown_timeout, "shutdown_timeout"),
-            prefetch=_count(prefetch, "prefetch", 0) or 0, retention=_retention(retention))
+            prefetch=DEFAULT_PREFETCH if prefetch is None else _count(prefetch, "prefetch", 0) or 0,
+            retention=_retention(retention))
         self.supervisor = Supervisor(queue, options, store)
         self._thread: threading.Thread | None = None
 

@@ -35,6 +35,17 @@ def mark(args: dict) -> int:
     return append(args["path"], str(args["tag"]))
 
 
+def noop(args: Any) -> None:
+    """A job that takes no time."""
+
+
+def time_as_quick(queue: jobs.Queue) -> None:
+    """Run a job that takes no time (``noop``, registered before the worker started), so
+    that the worker takes the queue's jobs for quick ones and queues leases in busy actors
+    (supervisor.pace.QUEUE_UNDER)."""
+    queue.result(queue.enqueue("noop"), timeout=15)
+
+
 def status(queue: jobs.Queue, job_id: str) -> str:
     return queue.get(job_id).status.value
 
@@ -54,17 +65,19 @@ def held(worker: Any) -> list[str]:
 def test_a_slow_job_does_not_hold_back_the_outcome_of_the_quick_one_before_it(
         queue: jobs.Queue, tmp_path: Path) -> None:
     queue.register("gated", gated)
+    queue.register("noop", noop)
     queue.register("mark", mark)
     gate = tmp_path / "gate"
     log = tmp_path / "marks"
-    # One transaction, so the first claim takes all three and one actor gets them in one
-    # message: two quick jobs, then one that runs until the gate opens.
-    quick1, quick2, slow = queue.enqueue_many([
-        jobs.Sub("mark", {"path": str(log), "tag": 1}, priority=3),
-        jobs.Sub("mark", {"path": str(log), "tag": 2}, priority=2),
-        jobs.Sub("gated", {"gate": str(gate)}, priority=1),
-    ])
     with queue.worker({"default": 1}, prefetch=4, poll_interval=0.1):
+        time_as_quick(queue)
+        # One transaction, so one claim takes all three and the actor gets them in one
+        # message: two quick jobs, then one that runs until the gate opens.
+        quick1, quick2, slow = queue.enqueue_many([
+            jobs.Sub("mark", {"path": str(log), "tag": 1}, priority=3),
+            jobs.Sub("mark", {"path": str(log), "tag": 2}, priority=2),
+            jobs.Sub("gated", {"gate": str(gate)}, priority=1),
+        ])
         wait_until(lambda: status(queue, quick2) == "completed", timeout=10,
                    message="the quick jobs' outcomes while the slow job runs")
         assert status(queue, quick1) == "completed"
@@ -91,15 +104,18 @@ def test_prefetched_jobs_each_run_exactly_once(queue: jobs.Queue, tmp_path: Path
 def test_cancel_of_a_lease_queued_in_an_actor_revokes_it(queue: jobs.Queue,
                                                          tmp_path: Path) -> None:
     queue.register("gated", gated)
+    queue.register("noop", noop)
     queue.register("mark", mark)
     gate = tmp_path / "gate"
     log = tmp_path / "marks"
-    slow, queued = queue.enqueue_many([
-        jobs.Sub("gated", {"gate": str(gate)}, priority=2),
-        jobs.Sub("mark", {"path": str(log), "tag": "queued"}, priority=1),
-    ])
     with queue.worker({"default": 1}, prefetch=4, poll_interval=0.1,
                       lease_timeout=3) as worker:
+        time_as_quick(queue)
+        slow, queued = queue.enqueue_many([
+            jobs.Sub("gated", {"gate": str(gate)}, priority=2),
+            jobs.Sub("mark", {"path": str(log), "tag": "queued"}, priority=1),
+        ])
+
         def both_on_the_actor() -> bool:
             return held(worker) == [slow, queued]
 
@@ -130,6 +146,7 @@ def test_pause_and_stop_give_queued_leases_back_at_once(queue: jobs.Queue,
     import threading
 
     queue.register("gated", gated)
+    queue.register("noop", noop)
     queue.register("mark", mark)
     log = tmp_path / "marks"
 
@@ -147,6 +164,7 @@ def test_pause_and_stop_give_queued_leases_back_at_once(queue: jobs.Queue,
         return held(worker) == ids
 
     try:
+        time_as_quick(queue)
         slow, *queued = ids = batch(tmp_path / "gate", "a")
         wait_until(lambda: on_the_actor(ids), timeout=10, message="all leases on the actor")
         worker.pause(jobs.PauseMode.GRACEFUL)
@@ -161,6 +179,7 @@ def test_pause_and_stop_give_queued_leases_back_at_once(queue: jobs.Queue,
         for job_id in queued:
             queue.result(job_id, timeout=15)
 
+        time_as_quick(queue)  # (the gated job was not)
         slow, *queued = ids = batch(tmp_path / "gate2", "b")
         wait_until(lambda: on_the_actor(ids), timeout=10, message="all leases on the actor")
         threading.Timer(0.5, (tmp_path / "gate2").touch).start()

@@ -208,7 +208,7 @@ TRICKY_ARGS = ['{"q":"a\\"b","s":"back\\\\slash"}', '"\\u00e9\\ud83d\\ude00"', '
 def test_bulk_insert_sends_varying_columns_exactly(store: jobs.Store, json_rows: bool,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """What varies from row to row in a shape (SQLite sends ids, args and fan-out indexes as
-    one JSON array, and binds the rest; a value common to all rows becomes a literal) reads
+    one JSON array, and binds the rest; a value common to all rows is bound once) reads
     back exactly: args text with quotes, escapes and raw non-ASCII, floats that SQLite before
     3.43 may read one unit off from decimal text, integer indexes; the same without JSON."""
     from durable_jobs.store.dialects import sqlite as sqlite_dialect
@@ -238,7 +238,7 @@ def test_bulk_insert_sends_varying_columns_exactly(store: jobs.Store, json_rows:
                 None, 0, odd[(n + 1) % 5]),
             # every varying value but the id common to all rows
             2: (job_id, "same", "default", "{}", *fixed, now, None, None, None, None, 0, now),
-            # an escaped NUL, which SQLite would unescape into the text (bound)
+            # args with an escaped NUL: JSON text that stays as it is
             3: (job_id, "nul", "default", f'["\\u0000",{n}]', *fixed, now, None, None, None,
                 None, 0, now),
         }[n % 4])
@@ -249,7 +249,7 @@ def test_bulk_insert_sends_varying_columns_exactly(store: jobs.Store, json_rows:
         stored = [tuple(r) for r in conn.execute(select(*columns).order_by(jobs_table.c.id))]
     assert stored == rows
     assert [type(r[14]) for r in stored[::4]] == [int] * 20
-    if store.dialect.name == "sqlite":  # shapes 0 and 2 went as JSON (3 tried, fell back)
+    if store.dialect.name == "sqlite":  # shapes 0, 2 and 3 went as JSON
         assert len(sent) == (3 if json_rows else 0)
 
 

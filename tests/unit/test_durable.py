@@ -665,3 +665,24 @@ def test_fan_out_rejects_bad_input_before_suspending(subs: Any, strategy: Any,
 def test_threshold_rejects_p_outside_0_1() -> None:
     with pytest.raises(ValueError, match="0 <= p <= 1"):
         jobs.Threshold(1.5)
+
+
+@pytest.mark.parametrize("ends", ["completed", "failed", "suspended"])
+def test_an_outcome_carries_how_long_its_attempt_ran(ends: str) -> None:
+    """The actor times the attempt itself (the supervisor paces claims by it: a slow flush
+    on the supervisor's side must not make a quick job look slow)."""
+    import time
+
+    def workflow(args: Any) -> Any:
+        time.sleep(0.03)
+        if ends == "failed":
+            raise ValueError("no")
+        if ends == "suspended":
+            jobs.fan_out([jobs.Sub("x")])
+        return 1
+
+    calls = Calls()
+    calls.add("x")
+    outcome = run(calls, workflow)
+    assert outcome.kind == ends
+    assert 0.03 <= outcome.seconds < 5

@@ -50,13 +50,14 @@ def test_claims_ahead_only_while_the_last_job_was_short(prefetch: int, last: flo
 
 
 @pytest.mark.parametrize(("prefetch", "last", "running_for", "depth"), [
-    (2, None, None, 3),                    # fresh: the run plus the prefetch
-    (2, 0.001, None, 3),
+    (2, None, None, 1),                    # not timed yet: nothing queued behind a job
+    (2, None, 0.0, 1),
+    (2, 0.001, None, 3),                   # quick: the run plus the prefetch
     (2, 0.001, 0.0, 3),                    # a quick queue, a job that just began
     (2, 0.001, QUEUE_UNDER * 1.5, 1),      # ... one that has run long: nothing behind it
     (2, QUEUE_UNDER, None, 1),             # the last job was not quick: one at a time
     (2, 5.0, 0.0, 1),
-    (5000, None, None, MAX_DEPTH),         # capped
+    (5000, 0.001, None, MAX_DEPTH),        # capped
     (0, None, None, 1),                    # prefetch 0: one lease, the one it runs
     (0, 0.001, 0.0, 1),
 ])
@@ -92,6 +93,7 @@ def test_leases_are_dealt_one_at_a_time_to_the_actor_holding_fewest() -> None:
         one.id, one.state = name, ActorState.BUSY if one.jobs else ActorState.IDLE
         pool.actors[name] = one
     pace = Pace(["q"], 2)  # 3 leases each: a has room for 2 more, b and c for 3
+    pace.observe("q", 0.001)
     order = [x.id for x in pool.deal("q", lambda x: pace.depth(x, 5.0), 5)]
     assert order == ["b", "c", "a", "b", "c"]  # the first three each lead a queue
     assert len(pool.deal("q", lambda x: pace.depth(x, 5.0), 100)) == 8  # no more than room

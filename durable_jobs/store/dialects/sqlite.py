@@ -58,26 +58,29 @@ CLAIM = ClaimSQL(
     pyformat=False,
 )
 BULK_INSERT = insert_sql("?")
-# A bulk insert sends only what differs from row to row. The rest of a row (its "shape": name,
-# queue, options, parent) is written into the statement as literals, one statement per shape,
-# and so is a varying column that has one value in every row of the batch (enqueue_many stamps
-# one time on all its jobs). Binding a parameter costs pysqlite more than SQLite's own work for
-# it (17 bound columns cost about 48k instructions per row, 5 about 30k), so what is left
-# (ids, args, fan-out indexes) goes as one JSON array that SQLite unpacks with json_each:
-# 10,000 rows went in 24 ms instead of 31-43 ms bound as two columns, 38-48 ms as five.
-# Only for columns that JSON carries exactly: text this library made (ids, and args in its
-# ASCII JSON) and integers; a float that varies (SQLite before 3.43 may read a decimal float
-# one unit in the last place off) is bound.
+# A bulk insert binds only what differs from row to row; the rest of a row (its "shape": name,
+# queue, options, parent) is written into the statement as literals, one statement per shape.
+# Binding a parameter costs pysqlite more than SQLite's own work for it (17 bound columns
+# cost about 48k instructions per row, 5 about 30k). So where SQLite has JSON (3.38), what
+# differs from row to row (ids, args, fan-out indexes) goes as one JSON array of rows that
+# SQLite unpacks with json_each, and a varying column that has one value in every row
+# (enqueue_many stamps one time on all its jobs) is bound once: 10,000 rows went in 24 ms
+# instead of 31-43 ms bound as two columns, 38-48 ms as five. Only for what JSON carries
+# exactly: integers, and text without a NUL (json_each ends a text at one); a float that
+# varies (SQLite before 3.43 may read a decimal float one unit in the last place off), or a
+# batch whose JSON is over PAYLOAD_MAX (SQLite's limit on a value is 1e9 bytes by default),
+# is bound row by row.
 _VARYING = ("id", "args", "run_at", "fan_out_index", "created_at")
 _VARYING_AT = tuple(INSERT_COLUMNS.index(c) for c in _VARYING)
 _SHAPE_AT = tuple(i for i in range(len(INSERT_COLUMNS)) if i not in _VARYING_AT)
 _varying = operator.itemgetter(*_VARYING_AT)
 _shape = operator.itemgetter(*_SHAPE_AT)
+_BIND = {at: f"?{n}" for n, at in enumerate(_VARYING_AT, 1)}
 _SHAPED_MIN = 16  # rows of one shape from which a statement of its own pays
 _IN_JSON = frozenset(_VARYING.index(c) for c in ("id", "args", "fan_out_index"))
 JSON_ROWS = sqlite3.sqlite_version_info >= (3, 38, 0)  # the ->> operator
-# Text as it is (a lone surrogate fails as it does when bound); a NUL escape, which SQLite
-# would write into the text, sends the rows bound instead.
+PAYLOAD_MAX = 64 << 20  # characters of JSON sent in one value
+# Text as it is: a lone surrogate fails as it does when bound.
 _payload = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"),
                             check_circular=False).encode
 
@@ -109,59 +112,83 @@ def _float_literal(value: float) -> str | None:
     return text if exact else None
 
 
-def _same(column: tuple[Any, ...]) -> str | None:
-    """The literal of the one value of ``column``, if every row has it (of one type)."""
-    first = column[0]
-    if column.count(first) != len(column) or len(set(map(type, column))) != 1:
-        return None
-    return _literal(first)
+def _same(column: tuple[Any, ...]) -> bool:
+    """Whether every row has the one value of ``column`` (of one type: 1 == 1.0 == True)."""
+    return column.count(column[0]) == len(column) and len(set(map(type, column))) == 1
 
 
-@functools.lru_cache(maxsize=256)
-def shaped_insert(shape: tuple[Any, ...], fixed: tuple[tuple[int, str], ...],
-                  sent: tuple[int, ...], as_json: bool) -> str | None:
-    """The INSERT for rows of this shape: the shape and the ``fixed`` varying columns as
-    literals, the ``sent`` ones (indexes into ``_VARYING``) bound or read from a JSON array
-    of rows; None if some value of the shape has no exact literal (bind those in full)."""
-    values: dict[int, str] = {}
+def _shape_values(shape: tuple[Any, ...]) -> dict[int, str] | None:
+    """The shape's columns as SQL literals by position; None if one has no exact literal."""
+    values = {}
     for at, value in zip(_SHAPE_AT, shape, strict=True):
         literal = _literal(value)
         if literal is None:
             return None
         values[at] = literal
-    values.update((_VARYING_AT[k], literal) for k, literal in fixed)
-    if as_json:
-        values.update((_VARYING_AT[k], "value" if len(sent) == 1 else f"value->>{n}")
-                      for n, k in enumerate(sent))
-    else:
-        values.update((_VARYING_AT[k], f"?{n}") for n, k in enumerate(sent, 1))
+    return values
+
+
+@functools.lru_cache(maxsize=256)
+def shaped_insert(shape: tuple[Any, ...]) -> str | None:
+    """The INSERT for rows of this shape, binding only the varying columns; None if some
+    value of the shape has no exact literal (those rows are bound in full)."""
+    values = _shape_values(shape)
+    if values is None:
+        return None
+    values.update(_BIND)
     listed = ", ".join(values[at] for at in range(len(INSERT_COLUMNS)))
-    head = f"INSERT INTO jobs ({', '.join(INSERT_COLUMNS)}) "
-    return head + (f"SELECT {listed} FROM json_each(?)" if as_json else f"VALUES ({listed})")
+    return f"INSERT INTO jobs ({', '.join(INSERT_COLUMNS)}) VALUES ({listed})"
+
+
+@functools.lru_cache(maxsize=256)
+def json_insert(shape: tuple[Any, ...], sent: tuple[int, ...], common: tuple[int, ...]
+                ) -> str | None:
+    """The INSERT ... SELECT for rows of this shape whose ``sent`` varying columns (indexes
+    into ``_VARYING``) come as a JSON array of rows (parameter 1) and whose ``common`` ones
+    are bound once (parameters 2, 3, ...); None as for ``shaped_insert``."""
+    values = _shape_values(shape)
+    if values is None:
+        return None
+    values.update((_VARYING_AT[k], "value" if len(sent) == 1 else f"value->>{n}")
+                  for n, k in enumerate(sent))
+    values.update((_VARYING_AT[k], f"?{n}") for n, k in enumerate(common, 2))
+    listed = ", ".join(values[at] for at in range(len(INSERT_COLUMNS)))
+    return f"INSERT INTO jobs ({', '.join(INSERT_COLUMNS)}) SELECT {listed} FROM json_each(?1)"
+
+
+def _json_rows(columns: list[tuple[Any, ...]], sent: tuple[int, ...]) -> str | None:
+    """The ``sent`` columns as one JSON array of rows, if JSON carries them exactly."""
+    for k in sent:
+        column, types = columns[k], set(map(type, columns[k]))
+        if _VARYING[k] == "fan_out_index":
+            if not types <= {int, type(None)}:  # (not bool: JSON would make it a word)
+                return None
+        elif types != {str} or "\0" in "".join(column):
+            return None
+    rows = columns[sent[0]] if len(sent) == 1 else zip(*(columns[k] for k in sent),
+                                                       strict=True)
+    payload = _payload(list(rows))
+    return payload if len(payload) <= PAYLOAD_MAX else None
 
 
 def _insert_shaped(cursor: sqlite3.Cursor, shape: tuple[Any, ...],
                    values: list[tuple[Any, ...]]) -> None:
-    """Insert rows of one shape (``values``: their varying columns) in one statement."""
-    columns = list(zip(*values, strict=True))
-    fixed = tuple((k, literal) for k, column in enumerate(columns)
-                  if _VARYING[k] != "id" and (literal := _same(column)) is not None)
-    sent = tuple(k for k in range(len(_VARYING)) if k not in dict(fixed))
-    as_json = JSON_ROWS and bool(sent) and _IN_JSON.issuperset(sent)
-    payload = None
-    if as_json:
-        rows = columns[sent[0]] if len(sent) == 1 else zip(*(columns[k] for k in sent),
-                                                           strict=True)
-        payload = _payload(list(rows))
-        if "\\u0000" in payload:
-            payload, as_json = None, False
-    sql = shaped_insert(shape, fixed, sent, as_json)
+    """Insert rows of one shape (``values``: their varying columns)."""
+    if JSON_ROWS:
+        columns = list(zip(*values, strict=True))
+        common = tuple(k for k, column in enumerate(columns)
+                       if _VARYING[k] != "id" and _same(column))
+        sent = tuple(k for k in range(len(_VARYING)) if k not in common)
+        sql = json_insert(shape, sent, common) if _IN_JSON.issuperset(sent) else None
+        payload = None if sql is None else _json_rows(columns, sent)
+        if sql is not None and payload is not None:
+            cursor.execute(sql, (payload, *(columns[k][0] for k in common)))
+            return
+    sql = shaped_insert(shape)
     if sql is None:
         cursor.executemany(BULK_INSERT, (_whole(shape, v) for v in values))
-    elif payload is not None:
-        cursor.execute(sql, (payload,))
     else:
-        cursor.executemany(sql, zip(*(columns[k] for k in sent), strict=True))
+        cursor.executemany(sql, values)
 
 
 def _whole(shape: tuple[Any, ...], varying: tuple[Any, ...]) -> tuple[Any, ...]:
