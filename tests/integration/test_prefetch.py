@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import durable_jobs as jobs
+from durable_jobs.supervisor.pace import QUEUE_UNDER
 from tests.helpers import wait_until
 from tests.integration.apps.common import append, lines
 
@@ -209,13 +210,14 @@ def test_no_lease_waits_behind_a_long_job_while_another_actor_is_free(
     queue.register("nap", nap)
     gate = tmp_path / "gate"
     log = tmp_path / "naps"
+    slow = QUEUE_UNDER * 1.5
     with queue.worker({"default": 2}, poll_interval=0.1) as worker:
-        # A first job times the queue: 100 ms is not quick (pace.QUEUE_UNDER).
-        queue.result(queue.enqueue("nap", {"path": str(log), "tag": "first", "seconds": 0.1}),
+        # A first job times the queue: it is not quick (pace.QUEUE_UNDER), nor are the others.
+        queue.result(queue.enqueue("nap", {"path": str(log), "tag": "first", "seconds": slow}),
                      timeout=15)
         slow, *naps = queue.enqueue_many(
             [jobs.Sub("gated", {"gate": str(gate)}, priority=9)]
-            + [jobs.Sub("nap", {"path": str(log), "tag": i, "seconds": 0.05}) for i in range(4)])
+            + [jobs.Sub("nap", {"path": str(log), "tag": i, "seconds": slow}) for i in range(4)])
         for job_id in naps:
             queue.result(job_id, timeout=15)
         assert status(queue, slow) == "running"
