@@ -50,6 +50,15 @@ def run(store: jobs.Store, job_id: str, write: Any = None, owner: str = "w1") ->
             assert leases.finish(conn, store.dialect, owner, [(job_id, write)], time.time())
 
 
+def insert_and_read_back(store: jobs.Store, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Bulk-insert ``rows`` (in INSERT_COLUMNS order); the stored rows in id order."""
+    with store.write() as conn:
+        job_rows.insert_many(conn, store.dialect, iter(rows))
+    columns = [jobs_table.c[name] for name in INSERT_COLUMNS]
+    with store.read() as conn:
+        return [tuple(r) for r in conn.execute(select(*columns).order_by(jobs_table.c.id))]
+
+
 def assert_aware_utc(value: datetime | None) -> None:
     assert value is not None
     assert value.tzinfo is not None and value.utcoffset() == timedelta(0)
@@ -192,11 +201,7 @@ def test_bulk_insert_keeps_every_column_of_mixed_rows(store: jobs.Store) -> None
         key = None if shape[10] is None else f"{shape[10]}{n}"
         rows.append((job_id, *shape[:10], key, shape[11], shape[12], fan_out_index,
                      *shape[14:]))
-    with store.write() as conn:
-        job_rows.insert_many(conn, store.dialect, iter(rows))
-    columns = [jobs_table.c[name] for name in INSERT_COLUMNS]
-    with store.read() as conn:
-        stored = [tuple(r) for r in conn.execute(select(*columns).order_by(jobs_table.c.id))]
+    stored = insert_and_read_back(store, rows)
     assert stored == rows
 
 
@@ -242,11 +247,7 @@ def test_bulk_insert_sends_varying_columns_exactly(store: jobs.Store, json_rows:
             3: (job_id, "nul", "default", f'["\\u0000",{n}]', *fixed, now, None, None, None,
                 None, 0, now),
         }[n % 4])
-    with store.write() as conn:
-        job_rows.insert_many(conn, store.dialect, iter(rows))
-    columns = [jobs_table.c[name] for name in INSERT_COLUMNS]
-    with store.read() as conn:
-        stored = [tuple(r) for r in conn.execute(select(*columns).order_by(jobs_table.c.id))]
+    stored = insert_and_read_back(store, rows)
     assert stored == rows
     assert [type(r[14]) for r in stored[::4]] == [int] * 20
     if store.dialect.name == "sqlite":  # shapes 0, 2 and 3 went as JSON
