@@ -72,13 +72,12 @@ class Dispatcher:
     """Buffers of this supervisor's writes and prefetched jobs; one transaction per flush."""
 
     def __init__(self, store: Store, owner: str, registry: Registry, lease_timeout: float,
-                 prefetch: int, queues: list[str]) -> None:
+                 queues: list[str]) -> None:
         self.store = store
         self.owner = owner
         self.registry = registry
         self.names = registry.names()
         self.lease_timeout = lease_timeout
-        self.prefetch = prefetch
         self.writes: list[tuple[Running, Write]] = []
         self.checkpoints: list[tuple[Running, Checkpoint]] = []
         self.suspends: list[tuple[Running, FanOutSpec]] = []

@@ -163,16 +163,14 @@ class Pool:
         return spawned
 
     def open_slots(self, queue: str, depth: Callable[[Actor], int]) -> list[tuple[Actor, int]]:
-        """Actors of ``queue`` that can take more leases, emptiest first, with how many
-        (``depth(actor)``: how many it may hold in all). While an actor of the queue is
+        """Actors of ``queue`` that can take more leases, with how many (``depth(actor)``:
+        how many it may hold in all). While an actor of the queue is
         starting, none may hold more than one: the new one will be free in a moment."""
         actors = [a for a in self.actors.values() if a.queue == queue]
         if any(a.state is ActorState.STARTING for a in actors):
             depth = _one_each
         slots = [(a, a.capacity(depth(a))) for a in actors]
-        slots = [(a, n) for a, n in slots if n > 0]
-        slots.sort(key=lambda item: -item[1])
-        return slots
+        return [(a, n) for a, n in slots if n > 0]
 
     def deal(self, queue: str, depth: Callable[[Actor], int], count: int) -> list[Actor]:
         """Which actor of ``queue`` gets each of the next ``count`` leases (fewer if they

@@ -142,8 +142,7 @@ class Supervisor(Inbox, Control):
         self.init = self._init_message()
         self.pool = Pool(self.endpoint, self.options.heartbeat_interval, self.options.queues)
         self.dispatcher = Dispatcher(self.store, self.id, self.queue.registry,
-                                     self.options.lease_timeout, self.options.prefetch,
-                                     list(self.options.queues))
+                                     self.options.lease_timeout, list(self.options.queues))
         self.duties = Duties(self)
         self.listener: Listener = self.store.dialect.listener(self.store.engine)
         self.poller = zmq.Poller()

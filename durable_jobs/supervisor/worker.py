@@ -51,7 +51,7 @@ class Worker:
             lease_timeout=_interval(lease_timeout, "lease_timeout"), scheduler=bool(scheduler),
             pause_mode=pause_mode_of(pause_mode).value,
             shutdown_timeout=_seconds(shutdown_timeout, "shutdown_timeout"),
-            prefetch=DEFAULT_PREFETCH if prefetch is None else _count(prefetch, "prefetch", 0) or 0,
+            prefetch=_prefetch(prefetch),
             retention=_retention(retention))
         self.supervisor = Supervisor(queue, options, store)
         self._thread: threading.Thread | None = None
@@ -132,6 +132,12 @@ def _seconds(value: float | timedelta, what: str, positive: bool = False) -> flo
 def _interval(value: float | timedelta, what: str) -> float:
     """A finite number of seconds > 0 (or a timedelta)."""
     return _seconds(value, what, positive=True)
+
+
+def _prefetch(value: int | None) -> int:
+    """``prefetch``, checked; None means the default."""
+    checked = _count(value, "prefetch", 0)
+    return DEFAULT_PREFETCH if checked is None else checked
 
 
 def _count(value: int | None, what: str, minimum: int) -> int | None:

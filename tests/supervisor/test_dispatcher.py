@@ -20,7 +20,7 @@ from durable_jobs.supervisor.pool import Running
 
 
 def dispatcher(store: jobs.Store, queue: jobs.Queue, owner: str = "sup-1") -> Dispatcher:
-    return Dispatcher(store, owner, queue.registry, 30.0, 0, ["default"])
+    return Dispatcher(store, owner, queue.registry, 30.0, ["default"])
 
 
 def claim(d: Dispatcher, n: int) -> list[Running]:
