@@ -6,6 +6,7 @@ decided; nothing here does I/O.
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 from collections.abc import Callable
@@ -31,6 +32,9 @@ class Sub:
 T = TypeVar("T")
 _OPTIONS = operator.attrgetter("name", "retries", "timeout", "queue", "priority")
 _NUMBERS = operator.attrgetter("retries", "timeout", "priority")
+_OPTION_GETTERS = tuple(map(operator.attrgetter, ("name", "retries", "timeout", "queue",
+                                                   "priority")))
+_NUMBER_GETTERS = _OPTION_GETTERS[1:3] + _OPTION_GETTERS[4:]
 
 
 def checked_once(checked: dict[tuple[Any, ...], T], sub: Sub, check: Callable[[Sub], T]) -> T:
@@ -47,6 +51,26 @@ def checked_once(checked: dict[tuple[Any, ...], T], sub: Sub, check: Callable[[S
     if found is None:
         found = checked[key] = check(sub)
     return found
+
+
+def same_options(subs: list[Sub]) -> bool:
+    """Whether every item is a Sub with the first one's name and options, in the sense of
+    ``checked_once``'s key (numbers of the same types too), each compared in C."""
+    if not subs or not all(map(isinstance, subs, itertools.repeat(Sub))):
+        return False
+    first = subs[0]
+    try:
+        for getter in _OPTION_GETTERS:
+            value, column = getter(first), list(map(getter, subs))
+            if column.count(value) != len(column):
+                return False
+            if getter in _NUMBER_GETTERS and value is not None:
+                types = list(map(type, column))  # 1, 1.0 and True are equal
+                if types.count(type(value)) != len(types):
+                    return False
+    except (TypeError, ValueError):  # an option that cannot be compared: checking names it
+        return False
+    return True
 
 
 @dataclass(frozen=True)

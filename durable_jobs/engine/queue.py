@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -38,7 +39,7 @@ from durable_jobs.engine.options import (
     to_seconds,
 )
 from durable_jobs.engine.registry import Registry
-from durable_jobs.engine.rows import build_row, collector_paused, iter_rows
+from durable_jobs.engine.rows import build_row, build_rows, collector_paused
 from durable_jobs.engine.schedules import ScheduleSpec
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ else:
     transactions = LazyModule("durable_jobs.store.transactions")
 
 PRUNE_BUSY_TURNS = 600  # 30 s of another process pruning
+_ID = operator.itemgetter(0)  # of a job row
 F = TypeVar("F", bound=Callable[..., Any])
 M = TypeVar("M", bound=Callable[..., Any])
 
@@ -271,37 +273,42 @@ class Queue:
             _check_connection(connection)
         if not items:
             return []
+        # The collector stays off until the rows are freed: run on them, it walked every
+        # one of them, for nothing.
+        with collector_paused():
+            return self._insert_many(items, connection)
+
+    def _insert_many(self, items: list[Sub], connection: Connection | None) -> list[str]:
         made: list[tuple[Any, ...]] = []
 
         def rows() -> Iterator[tuple[Any, ...]]:
-            # Rows are built while COPY streams them; a bad item raises mid-stream and the
-            # transaction rolls back, so nothing is written.
-            for row in iter_rows(self.registry, items, time.time()):
-                made.append(row)
-                yield row
+            # Rows are built a chunk at a time while COPY streams them; a bad item raises
+            # mid-stream and the transaction rolls back, so nothing is written.
+            for chunk in build_rows(self.registry, items, time.time()):
+                made.extend(chunk)
+                yield from chunk
 
         store = self.store
         announce = self.bus.active
         if connection is not None:
-            with collector_paused():
-                job_rows.insert_many(connection, store.dialect, rows())
+            job_rows.insert_many(connection, store.dialect, rows())
             if announce:
                 self._enqueued([ev.JobEnqueued(row[0], row[1], row[2]) for row in made],
                                connection)
-            return [str(row[0]) for row in made]
+            return list(map(_ID, made))
         held: list[str] = []
         try:
-            with collector_paused(), store.write() as conn:
+            with store.write() as conn:
                 job_rows.insert_many(conn, store.dialect, rows())
                 if announce:  # before the commit: no worker can have seen them yet
-                    held = [row[0] for row in made]
+                    held = list(map(_ID, made))
                     self.bus.hold(held)
         except BaseException:
             self.bus.release(held)
             raise
         if announce:
             self.bus.release(held, [ev.JobEnqueued(row[0], row[1], row[2]) for row in made])
-        return [str(row[0]) for row in made]
+        return list(map(_ID, made))
 
     def _enqueued(self, events: list[ev.JobEnqueued], connection: Connection | None) -> None:
         """Publish now, or (in a caller's transaction) once it commits: a job enqueued in

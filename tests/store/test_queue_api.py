@@ -7,6 +7,7 @@ would, so these tests need no worker.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import sqlite3
 import threading
@@ -32,6 +33,11 @@ ERR = jobs.JobError("myapp.errors.Declined", "card declined", "Traceback ...")
 def count_jobs(store: jobs.Store) -> int:
     with store.read() as conn:
         return int(conn.execute(select(func.count()).select_from(jobs_table)).scalar_one())
+
+
+def rows_of(store: jobs.Store) -> list[Any]:
+    with store.read() as conn:
+        return list(conn.execute(select(jobs_table)))
 
 
 def row(store: jobs.Store, job_id: str) -> Any:
@@ -295,6 +301,47 @@ def test_enqueue_many_is_all_or_nothing(store: jobs.Store, queue: jobs.Queue) ->
             with pytest.raises((jobs.DurableJobsError, TypeError, ValueError)):
                 queue.enqueue_many(subs)
     assert count_jobs(store) == 0
+
+
+def test_enqueue_many_of_several_chunks_keeps_order_and_is_all_or_nothing(
+        store: jobs.Store, queue: jobs.Queue) -> None:
+    """Batches are built a chunk (1,024 items) at a time, a chunk of one shape in C: a bad
+    item in a later chunk still leaves nothing written; the ids come back in the order of
+    the items and sort in that order; every row reads back with its own args and options."""
+    loop: list[object] = []
+    loop.append(loop)
+    subs = [jobs.Sub("item", {"n": i}) for i in range(2500)]
+    for bad in (jobs.Sub("item", loop), jobs.Sub("item", 1, priority=True),
+                jobs.Sub("item", {1, 2}), jobs.Sub("bad name")):
+        with pytest.raises((jobs.DurableJobsError, TypeError)):
+            queue.enqueue_many(subs[:2300] + [bad] + subs[2300:])
+    with pytest.raises(jobs.InvalidOptionError):  # equal to 1, and not a valid priority
+        queue.enqueue_many([jobs.Sub("item", i, priority=1) for i in range(30)]
+                           + [jobs.Sub("item", 0, priority=True)])
+    assert count_jobs(store) == 0
+    with pytest.raises(TypeError, match="[Cc]ircular"):
+        queue.enqueue_many(subs[:5] + [jobs.Sub("item", loop)])
+    mixed = [*subs, jobs.Sub("other", [1], priority=2), jobs.Sub("item", None, retries=0)]
+    ids = queue.enqueue_many(mixed)
+    assert ids == sorted(ids) and len(set(ids)) == len(mixed) == count_jobs(store)
+    stored = {r.id: r for r in rows_of(store)}
+    assert [json.loads(stored[i].args) for i in ids] == [sub.args for sub in mixed]
+    assert [(stored[i].name, stored[i].priority, stored[i].max_attempts)
+            for i in ids[-3:]] == [("item", 0, 4), ("other", 2, 4), ("item", 0, 1)]
+
+
+def test_bulk_insert_takes_ids_that_the_library_would_not_make(store: jobs.Store) -> None:
+    """SQLite reads a batch's ids from one string of 36 characters each: ids of another
+    length, or not ASCII, still go in exactly (bound with the rest of their row)."""
+    now = time.time()
+    for ids in ([f"{n:08d}-0000-7000-8000-00000000000" for n in range(20)],  # 35 characters
+                [f"{n:08d}-0000-7000-8000-00000000000é" for n in range(20)],
+                [f"{n:08d}-0000-7000-8000-000000000000"[:35 + n % 2] for n in range(20)]):
+        rows = [(job_id, "item", "default", f'{{"n":{n}}}', "pending", 0, 0, 4, 3600.0, None,
+                 now, None, None, None, None, 0, now) for n, job_id in enumerate(ids)]
+        with store.write() as conn:
+            conn.execute(jobs_table.delete())
+        assert insert_and_read_back(store, rows) == sorted(rows)
 
 
 def test_enqueue_many_gives_the_collector_back_as_it_found_it(

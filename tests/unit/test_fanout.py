@@ -11,6 +11,7 @@ from durable_jobs.engine.fanout import (
     Result,
     Threshold,
     evaluate,
+    same_options,
     strategy_from,
 )
 
@@ -144,3 +145,21 @@ def test_sub_defaults() -> None:
     sub = jobs.Sub("process-item")
     assert (sub.name, sub.args, sub.priority, sub.retries, sub.queue, sub.timeout) == (
         "process-item", None, None, None, None, None)
+
+
+def test_same_options_is_checked_onces_key_for_a_whole_batch() -> None:
+    """One name and equal options, numbers of the same types as well (1, 1.0 and True are
+    equal, and only 1 is a valid priority): what lets enqueue_many build a batch in C."""
+    subs = [jobs.Sub("a", i, priority=1, timeout=2.5) for i in range(40)]
+    assert same_options(subs)
+    assert same_options([jobs.Sub("a", i) for i in range(3)])
+    for odd in (jobs.Sub("a", 0, priority=True, timeout=2.5),
+                jobs.Sub("a", 0, priority=1.0, timeout=2.5),
+                jobs.Sub("a", 0, priority=1, timeout=2.5, retries=0),
+                jobs.Sub("a", 0, priority=1, timeout=2.5, queue="other"),
+                jobs.Sub("b", 0, priority=1, timeout=2.5),
+                jobs.Sub("a", 0, timeout=2.5)):
+        for at in (0, 20, 40):
+            assert not same_options(subs[:at] + [odd] + subs[at:])
+    assert not same_options([])
+    assert not same_options([*subs, "not a Sub"])  # type: ignore[list-item]

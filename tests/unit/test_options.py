@@ -17,6 +17,7 @@ from durable_jobs.engine.options import (
     HandlerOptions,
     check_name,
     decode_json,
+    encode_each,
     encode_json,
     resolve,
     to_epoch,
@@ -96,6 +97,24 @@ def test_circular_args_are_refused() -> None:
     loop.append(loop)
     with pytest.raises(TypeError):
         encode_json(loop)
+
+
+def test_encode_each_gives_encode_json_text_and_leaves_every_refusal_to_it() -> None:
+    """The batch encoder (its loop in C, no circular-reference markers) gives each value's
+    encode_json text; a batch with a value encode_json would refuse gives None (the caller
+    then encodes one at a time, and encode_json names the problem), the encoder unharmed."""
+    @dataclasses.dataclass
+    class Leaf:
+        value: int
+
+    loop: list[object] = []
+    loop.append(loop)
+    values = [{"i": 1}, [1.5, None, True, -0.0], "é\n\u2028", Leaf(2), 2**70, {}, "x" * 100]
+    assert encode_each(values) == [encode_json(value) for value in values]
+    assert encode_each([]) == []
+    for bad in (loop, {"nested": [loop]}, {1, 2}, math.nan, object(), "x" * MAX_PAYLOAD):
+        assert encode_each([{"i": 1}, bad, {"i": 2}]) is None
+    assert encode_each(values) == [encode_json(value) for value in values]
 
 
 def test_payload_limit_is_one_mib_inclusive() -> None:

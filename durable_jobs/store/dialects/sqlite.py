@@ -77,6 +77,8 @@ _varying = operator.itemgetter(*_VARYING_AT)
 _shape = operator.itemgetter(*_SHAPE_AT)
 _BIND = {at: f"?{n}" for n, at in enumerate(_VARYING_AT, 1)}
 _SHAPED_MIN = 16  # rows of one shape from which a statement of its own pays
+_ID = _VARYING.index("id")  # (the first: every row's id differs)
+ID_SIZE = 36  # characters of an id the library makes (a UUID's text)
 _IN_JSON = frozenset(_VARYING.index(c) for c in ("id", "args", "fan_out_index"))
 JSON_ROWS = sqlite3.sqlite_version_info >= (3, 38, 0)  # the ->> operator
 PAYLOAD_MAX = 64 << 20  # characters of JSON sent in one value
@@ -114,7 +116,16 @@ def _float_literal(value: float) -> str | None:
 
 def _same(column: tuple[Any, ...]) -> bool:
     """Whether every row has the one value of ``column`` (of one type: 1 == 1.0 == True)."""
-    return column.count(column[0]) == len(column) and len(set(map(type, column))) == 1
+    if column.count(column[0]) != len(column):
+        return False
+    types = tuple(map(type, column))
+    return types.count(types[0]) == len(types)
+
+
+def _same_value(column: tuple[Any, ...]) -> bool:
+    """Whether every row has the one value of ``column``, as rows grouped by shape
+    compare it (1 == 1.0 == True)."""
+    return column.count(column[0]) == len(column)
 
 
 def _shape_values(shape: tuple[Any, ...]) -> dict[int, str] | None:
@@ -144,14 +155,19 @@ def shaped_insert(shape: tuple[Any, ...]) -> str | None:
 def json_insert(shape: tuple[Any, ...], sent: tuple[int, ...], common: tuple[int, ...]
                 ) -> str | None:
     """The INSERT ... SELECT for rows of this shape whose ``sent`` varying columns (indexes
-    into ``_VARYING``) come as a JSON array of rows (parameter 1) and whose ``common`` ones
-    are bound once (parameters 2, 3, ...); None as for ``shaped_insert``."""
+    into ``_VARYING``) come as a JSON array (parameter 1), ids apart where others come too
+    (``_ids_blob``, parameter 2), and whose ``common`` ones are bound once (the next
+    parameters); None as for ``shaped_insert``."""
     values = _shape_values(shape)
     if values is None:
         return None
-    values.update((_VARYING_AT[k], "value" if len(sent) == 1 else f"value->>{n}")
-                  for n, k in enumerate(sent))
-    values.update((_VARYING_AT[k], f"?{n}") for n, k in enumerate(common, 2))
+    in_json = sent[1:] or sent
+    if len(in_json) < len(sent):
+        values[_VARYING_AT[_ID]] = f"CAST(substr(?2, key * {ID_SIZE} + 1, {ID_SIZE}) AS TEXT)"
+    values.update((_VARYING_AT[k], "value" if len(in_json) == 1 else f"value->>{n}")
+                  for n, k in enumerate(in_json))
+    values.update((_VARYING_AT[k], f"?{n}")
+                  for n, k in enumerate(common, 2 + len(sent) - len(in_json)))
     listed = ", ".join(values[at] for at in range(len(INSERT_COLUMNS)))
     return f"INSERT INTO jobs ({', '.join(INSERT_COLUMNS)}) SELECT {listed} FROM json_each(?1)"
 
@@ -171,24 +187,35 @@ def _json_rows(columns: list[tuple[Any, ...]], sent: tuple[int, ...]) -> str | N
     return payload if len(payload) <= PAYLOAD_MAX else None
 
 
+def _ids_blob(ids: tuple[Any, ...]) -> bytes | None:
+    """The ids end to end as bytes, if each is ``ID_SIZE`` characters of ASCII (as the
+    library makes them): row ``key`` of json_each reads its id at ``key * ID_SIZE``, with
+    no JSON to render and parse again per row (``value->>n`` costs that): a third of
+    SQLite's work for a row of a no-op job."""
+    if set(map(type, ids)) != {str} or set(map(len, ids)) != {ID_SIZE}:
+        return None
+    joined = "".join(ids)
+    return joined.encode("ascii") if joined.isascii() else None
+
+
 def _insert_shaped(cursor: sqlite3.Cursor, shape: tuple[Any, ...],
-                   values: list[tuple[Any, ...]]) -> None:
-    """Insert rows of one shape (``values``: their varying columns)."""
+                   columns: list[tuple[Any, ...]]) -> None:
+    """Insert rows of one shape (``columns``: their varying columns)."""
     if JSON_ROWS:
-        columns = list(zip(*values, strict=True))
-        common = tuple(k for k, column in enumerate(columns)
-                       if _VARYING[k] != "id" and _same(column))
-        sent = tuple(k for k in range(len(_VARYING)) if k not in common)
+        common = tuple(k for k, column in enumerate(columns) if k != _ID and _same(column))
+        sent = tuple(k for k in range(len(_VARYING)) if k not in common)  # the id first
         sql = json_insert(shape, sent, common) if _IN_JSON.issuperset(sent) else None
-        payload = None if sql is None else _json_rows(columns, sent)
-        if sql is not None and payload is not None:
-            cursor.execute(sql, (payload, *(columns[k][0] for k in common)))
+        payload = None if sql is None else _json_rows(columns, sent[1:] or sent)
+        ids = _ids_blob(columns[_ID]) if len(sent) > 1 else b""
+        if sql is not None and payload is not None and ids is not None:
+            first = (payload, ids) if ids else (payload,)
+            cursor.execute(sql, (*first, *(columns[k][0] for k in common)))
             return
     sql = shaped_insert(shape)
     if sql is None:
-        cursor.executemany(BULK_INSERT, (_whole(shape, v) for v in values))
+        cursor.executemany(BULK_INSERT, (_whole(shape, v) for v in zip(*columns, strict=True)))
     else:
-        cursor.executemany(sql, values)
+        cursor.executemany(sql, zip(*columns, strict=True))
 
 
 def _whole(shape: tuple[Any, ...], varying: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -301,22 +328,29 @@ class SQLiteDialect:
         """Insert the rows grouped by shape, one statement per shape (see
         ``shaped_insert``)."""
         listed = list(rows)
-        shapes = list(map(_shape, listed))
+        if not listed:
+            return
+        columns = list(zip(*listed, strict=True))
         groups: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
-        if shapes and shapes.count(shapes[0]) == len(shapes):  # one shape: no loop in Python
-            groups[shapes[0]] = list(map(_varying, listed))
+        if all(map(_same_value, (columns[at] for at in _SHAPE_AT))):  # one shape, seen in C
+            groups[tuple(columns[at][0] for at in _SHAPE_AT)] = [columns[at]
+                                                                for at in _VARYING_AT]
         else:
-            for shape, row in zip(shapes, listed, strict=True):
-                groups.setdefault(shape, []).append(_varying(row))
+            by_shape: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+            for row in listed:
+                by_shape.setdefault(_shape(row), []).append(_varying(row))
+            groups = {shape: list(zip(*values, strict=True))
+                      for shape, values in by_shape.items()}
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
-            for shape, values in groups.items():
+            for shape, varying in groups.items():
                 # A few rows are cheaper to bind in full than a new statement is to prepare
                 # (each fan-out's rows have a shape of their own: its parent and fan-out id).
-                if len(values) >= _SHAPED_MIN:
-                    _insert_shaped(cursor, shape, values)
+                if len(varying[_ID]) >= _SHAPED_MIN:
+                    _insert_shaped(cursor, shape, varying)
                 else:
-                    cursor.executemany(BULK_INSERT, (_whole(shape, v) for v in values))
+                    cursor.executemany(BULK_INSERT, (_whole(shape, v)
+                                                     for v in zip(*varying, strict=True)))
         finally:
             cursor.close()
 
