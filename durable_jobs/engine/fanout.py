@@ -54,21 +54,19 @@ def checked_once(checked: dict[tuple[Any, ...], T], sub: Sub, check: Callable[[S
 
 
 def same_options(subs: list[Sub]) -> bool:
-    """Whether every item is a Sub with the first one's name and options, in the sense of
-    ``checked_once``'s key (numbers of the same types too), each compared in C."""
+    """Whether every item is a Sub with the first one's name and options by the rule of
+    ``checked_once``'s key (hashed, then compared; numbers of the same types too), each
+    option compared in C."""
     if not subs or not all(map(isinstance, subs, itertools.repeat(Sub))):
         return False
-    first = subs[0]
     try:
         for getter in _OPTION_GETTERS:
-            value, column = getter(first), list(map(getter, subs))
-            if column.count(value) != len(column):
+            if len(set(map(getter, subs))) != 1:
                 return False
-            if getter in _NUMBER_GETTERS and value is not None:
-                types = list(map(type, column))  # 1, 1.0 and True are equal
-                if types.count(type(value)) != len(types):
-                    return False
-    except (TypeError, ValueError):  # an option that cannot be compared: checking names it
+            if getter in _NUMBER_GETTERS and getter(subs[0]) is not None \
+                    and len(set(map(type, map(getter, subs)))) != 1:  # 1 == 1.0 == True
+                return False
+    except TypeError:  # an unhashable option: checking it names the problem
         return False
     return True
 

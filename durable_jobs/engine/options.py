@@ -86,11 +86,6 @@ def _c_encoder() -> Any:
     return encoder
 
 
-# The C encoder with ``_ENCODER``'s settings and no circular-reference markers: no state.
-_UNMARKED = None if _NO_C_ENCODER else make_encoder(
-    None, _json_default, encode_basestring_ascii, None, ":", ",", False, False, False)
-
-
 def _encode(value: Any) -> str:
     if _NO_C_ENCODER:  # an interpreter without CPython's C accelerator
         return _ENCODER.encode(value)
@@ -128,16 +123,21 @@ def encode_each(values: Iterable[Any]) -> list[str] | None:
     """``encode_json`` of each value, with the loop in C (``map``); None if one of them is
     refused or may be over the size limit: ``encode_json`` then names the problem.
 
-    Its encoder keeps no record of the containers it is in (half the time of encoding a
-    small payload): a circular reference is caught as a RecursionError, and encoded again
-    by ``encode_json``, which reports it as one.
+    With this thread's encoder and its circular-reference markers: without them a cycle
+    recurses in C until the recursion limit, encoding what comes before it again at every
+    level (1 MiB of args a thousand times), and with a high limit overflows the C stack.
     """
-    if _UNMARKED is None:  # pragma: no cover - not CPython
+    if _NO_C_ENCODER:  # pragma: no cover - not CPython
         return None
+    encoder = _c_encoder()
     try:
-        texts = list(map("".join, map(_UNMARKED, values, itertools.repeat(0))))
-    except (TypeError, ValueError, RecursionError):
+        texts = list(map("".join, map(encoder, values, itertools.repeat(0))))
+    except (TypeError, ValueError):
+        _local.encoder = None  # its circular-reference markers may be half-filled
         return None
+    except BaseException:
+        _local.encoder = None
+        raise
     return texts if not texts or max(map(len, texts)) <= MAX_PAYLOAD else None
 
 

@@ -147,22 +147,24 @@ def build_row(
 def build_rows(registry: Registry, items: list[Sub], now: float,
                chunk: int = 1024) -> Iterator[list[tuple[Any, ...]]]:
     """Rows for many jobs at ``now``, ``chunk`` items at a time (COPY sends each while the
-    next is built). A chunk of one job name with one set of options and args that are not
-    a dataclass (the usual ``enqueue_many``) is built with its loops in C: a third of the
+    next is built), options resolved once per distinct job shape for the whole batch. A
+    chunk of one job name with one set of options, for a handler whose args are not a
+    dataclass (the usual ``enqueue_many``), is built with its loops in C: a third of the
     time, one row at a time, of no-op jobs. Any other, and one with an item to refuse (it
     raises the error that names the problem), goes through ``iter_rows``."""
+    shapes: dict[tuple[Any, ...], Shape] = {}
     for at in range(0, len(items), chunk):
         part = items[at:at + chunk]
-        rows = _uniform_rows(registry, part, now)
-        yield list(iter_rows(registry, part, now)) if rows is None else rows
+        rows = _uniform_rows(registry, part, now, shapes)
+        yield list(iter_rows(registry, part, now, shapes)) if rows is None else rows
 
 
-def _uniform_rows(registry: Registry, items: list[Sub], now: float
-                  ) -> list[tuple[Any, ...]] | None:
+def _uniform_rows(registry: Registry, items: list[Sub], now: float,
+                  shapes: dict[tuple[Any, ...], Shape]) -> list[tuple[Any, ...]] | None:
     if not same_options(items):
         return None
     first = items[0]
-    shape = _sub_shape(registry, first)
+    shape = checked_once(shapes, first, functools.partial(_sub_shape, registry))
     texts = None if shape.typed else encode_each(map(_ARGS, items))
     if texts is None:
         return None
@@ -172,10 +174,12 @@ def _uniform_rows(registry: Registry, items: list[Sub], now: float
                     repeat(None), repeat(None), repeat(0), repeat(now), strict=False))
 
 
-def iter_rows(registry: Registry, items: list[Sub], now: float) -> Iterator[tuple[Any, ...]]:
+def iter_rows(registry: Registry, items: list[Sub], now: float,
+              shapes: dict[tuple[Any, ...], Shape] | None = None
+              ) -> Iterator[tuple[Any, ...]]:
     """Rows for many jobs at ``now``, one at a time so they can stream into COPY as they
-    are made; options are resolved once per distinct job shape."""
-    shapes: dict[tuple[Any, ...], Shape] = {}
+    are made; options are resolved once per distinct job shape (kept in ``shapes``)."""
+    shapes = {} if shapes is None else shapes
     check = functools.partial(_sub_shape, registry)
     encode = json_encoder()
     for job_id, sub in zip(new_ids(len(items)), items, strict=True):

@@ -330,6 +330,45 @@ def test_enqueue_many_of_several_chunks_keeps_order_and_is_all_or_nothing(
             for i in ids[-3:]] == [("item", 0, 4), ("other", 2, 4), ("item", 0, 1)]
 
 
+def test_enqueue_many_resolves_options_once_per_batch(queue: jobs.Queue,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch is built a chunk at a time, but each job shape's options are resolved once
+    for the whole batch: a registration changed while it is built cannot split it."""
+    from durable_jobs.engine import rows
+
+    resolved: list[str] = []
+    real = rows.resolve_shape
+
+    def counted(registry: Any, name: str, call: Any) -> Any:
+        resolved.append(name)
+        return real(registry, name, call)
+
+    monkeypatch.setattr(rows, "resolve_shape", counted)
+    subs = [jobs.Sub("item", i) for i in range(2500)]
+    subs[1500] = jobs.Sub("other", 1)  # that chunk goes one row at a time
+    assert len(queue.enqueue_many(subs)) == 2500
+    assert sorted(resolved) == ["item", "other"]
+
+
+def test_enqueue_many_on_a_utf16_sqlite_file(tmp_path: Any) -> None:
+    """A SQLite file made by another program may keep its text in UTF-16: ids sent end to
+    end in a blob would be read back as UTF-16 there, so they go in the JSON instead."""
+    path = tmp_path / "utf16.db"
+    made = sqlite3.connect(path)
+    made.execute("PRAGMA encoding = 'UTF-16le'")
+    made.execute("CREATE TABLE made_elsewhere (x)")
+    made.close()
+    store = jobs.Store(f"sqlite:///{path}")
+    store.migrate()
+    queue = jobs.Queue(store)
+    subs = [jobs.Sub("item", {"n": i, "s": "é"}) for i in range(40)]
+    ids = queue.enqueue_many(subs)
+    assert [queue.get(job_id).args for job_id in ids] == [sub.args for sub in subs]
+    with store.read() as conn:
+        assert conn.exec_driver_sql("PRAGMA encoding").scalar() == "UTF-16le"
+    store.dispose()
+
+
 def test_bulk_insert_takes_ids_that_the_library_would_not_make(store: jobs.Store) -> None:
     """SQLite reads a batch's ids from one string of 36 characters each: ids of another
     length, or not ASCII, still go in exactly (bound with the rest of their row)."""

@@ -163,3 +163,14 @@ def test_same_options_is_checked_onces_key_for_a_whole_batch() -> None:
             assert not same_options(subs[:at] + [odd] + subs[at:])
     assert not same_options([])
     assert not same_options([*subs, "not a Sub"])  # type: ignore[list-item]
+
+    class Alike(str):
+        """Equal to any string, as checked_once's dict would not find it (another hash)."""
+
+        def __eq__(self, other: object) -> bool:
+            return True
+
+        __hash__ = str.__hash__
+
+    assert not same_options([jobs.Sub("a"), jobs.Sub(Alike("bad name"))])
+    assert not same_options([jobs.Sub("a", queue="q"), jobs.Sub("a", queue=Alike("1q"))])

@@ -117,6 +117,30 @@ def test_encode_each_gives_encode_json_text_and_leaves_every_refusal_to_it() -> 
     assert encode_each(values) == [encode_json(value) for value in values]
 
 
+def test_a_circular_batch_is_refused_with_a_high_recursion_limit() -> None:
+    """enqueue_many's batch encoder keeps circular-reference markers: without them a cycle
+    recursed in C until the recursion limit, and with a high limit overflowed the C stack
+    (the process died of SIGSEGV) instead of raising TypeError."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.setrecursionlimit(100_000)\n"
+        "import durable_jobs as jobs\n"
+        "from durable_jobs.engine.options import encode_each\n"
+        "loop = []; loop.append(loop)\n"
+        "assert encode_each([{'i': 1}, {'big': 'x' * 100_000, 'loop': loop}]) is None\n"
+        "q = jobs.Queue(jobs.Store('sqlite:///:memory:'))\n"
+        "try:\n"
+        "    q.enqueue_many([jobs.Sub('a', 1), jobs.Sub('a', loop)])\n"
+        "except TypeError as exc:\n"
+        "    print('refused:', exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Circular reference" in done.stdout
+
+
 def test_payload_limit_is_one_mib_inclusive() -> None:
     assert MAX_PAYLOAD == 1024 * 1024
     exactly = "x" * (MAX_PAYLOAD - 2)  # plus two quotes

@@ -69,7 +69,9 @@ BULK_INSERT = insert_sql("?")
 # exactly: integers, and text without a NUL (json_each ends a text at one); a float that
 # varies (SQLite before 3.43 may read a decimal float one unit in the last place off), or a
 # batch whose JSON is over PAYLOAD_MAX (SQLite's limit on a value is 1e9 bytes by default),
-# is bound row by row.
+# is bound row by row. The ids, when something else varies too, go apart, end to end in one
+# blob (``_ids_blob``): reading each row's id out of its JSON array cost SQLite a rendering
+# and a parse of that array per row.
 _VARYING = ("id", "args", "run_at", "fan_out_index", "created_at")
 _VARYING_AT = tuple(INSERT_COLUMNS.index(c) for c in _VARYING)
 _SHAPE_AT = tuple(i for i in range(len(INSERT_COLUMNS)) if i not in _VARYING_AT)
@@ -152,16 +154,16 @@ def shaped_insert(shape: tuple[Any, ...]) -> str | None:
 
 
 @functools.lru_cache(maxsize=256)
-def json_insert(shape: tuple[Any, ...], sent: tuple[int, ...], common: tuple[int, ...]
-                ) -> str | None:
+def json_insert(shape: tuple[Any, ...], sent: tuple[int, ...], common: tuple[int, ...],
+                ids_apart: bool = True) -> str | None:
     """The INSERT ... SELECT for rows of this shape whose ``sent`` varying columns (indexes
     into ``_VARYING``) come as a JSON array (parameter 1), ids apart where others come too
-    (``_ids_blob``, parameter 2), and whose ``common`` ones are bound once (the next
-    parameters); None as for ``shaped_insert``."""
+    and ``ids_apart`` (``_ids_blob``, parameter 2), and whose ``common`` ones are bound once
+    (the next parameters); None as for ``shaped_insert``."""
     values = _shape_values(shape)
     if values is None:
         return None
-    in_json = sent[1:] or sent
+    in_json = (sent[1:] or sent) if ids_apart else sent
     if len(in_json) < len(sent):
         values[_VARYING_AT[_ID]] = f"CAST(substr(?2, key * {ID_SIZE} + 1, {ID_SIZE}) AS TEXT)"
     values.update((_VARYING_AT[k], "value" if len(in_json) == 1 else f"value->>{n}")
@@ -199,16 +201,18 @@ def _ids_blob(ids: tuple[Any, ...]) -> bytes | None:
 
 
 def _insert_shaped(cursor: sqlite3.Cursor, shape: tuple[Any, ...],
-                   columns: list[tuple[Any, ...]]) -> None:
-    """Insert rows of one shape (``columns``: their varying columns)."""
+                   columns: list[tuple[Any, ...]], utf8: bool) -> None:
+    """Insert rows of one shape (``columns``: their varying columns) into a database whose
+    text is UTF-8 (``utf8``) or UTF-16."""
     if JSON_ROWS:
         common = tuple(k for k, column in enumerate(columns) if k != _ID and _same(column))
         sent = tuple(k for k in range(len(_VARYING)) if k not in common)  # the id first
-        sql = json_insert(shape, sent, common) if _IN_JSON.issuperset(sent) else None
-        payload = None if sql is None else _json_rows(columns, sent[1:] or sent)
-        ids = _ids_blob(columns[_ID]) if len(sent) > 1 else b""
-        if sql is not None and payload is not None and ids is not None:
-            first = (payload, ids) if ids else (payload,)
+        ids = _ids_blob(columns[_ID]) if len(sent) > 1 and utf8 else None
+        apart = ids is not None
+        sql = json_insert(shape, sent, common, apart) if _IN_JSON.issuperset(sent) else None
+        payload = None if sql is None else _json_rows(columns, sent[1:] if apart else sent)
+        if sql is not None and payload is not None:
+            first = (payload,) if ids is None else (payload, ids)
             cursor.execute(sql, (*first, *(columns[k][0] for k in common)))
             return
     sql = shaped_insert(shape)
@@ -343,11 +347,14 @@ class SQLiteDialect:
                       for shape, values in by_shape.items()}
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
+            # A blob of ids is read back as text in the database's encoding (a file made by
+            # another program may hold UTF-16): only UTF-8 reads it as it was sent.
+            utf8 = cursor.execute("PRAGMA encoding").fetchone()[0] == "UTF-8"
             for shape, varying in groups.items():
                 # A few rows are cheaper to bind in full than a new statement is to prepare
                 # (each fan-out's rows have a shape of their own: its parent and fan-out id).
                 if len(varying[_ID]) >= _SHAPED_MIN:
-                    _insert_shaped(cursor, shape, varying)
+                    _insert_shaped(cursor, shape, varying, utf8)
                 else:
                     cursor.executemany(BULK_INSERT, (_whole(shape, v)
                                                      for v in zip(*varying, strict=True)))
