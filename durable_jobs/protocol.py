@@ -23,8 +23,8 @@ from typing import Any, NamedTuple
 from durable_jobs.engine.durable import FanOutSpec, StoredStep
 from durable_jobs.engine.errors import JobError, ProtocolError
 
-VERSION = 4  # 2: frames are (code, *fields) tuples; 3: leases and revokes carry the token;
-#             4: outcomes carry the run time
+VERSION = 5  # 2: frames are (code, *fields) tuples; 3: leases and revokes carry the token;
+#             4: outcomes carry the run time; 5: leases and revokes carry the lease's place
 ORPHAN_EXIT = 70  # an actor's exit status when its supervisor is gone or fell silent
 
 
@@ -136,6 +136,7 @@ class Lease(NamedTuple):
     steps: tuple[StoredStep, ...] = ()
     timeout: float | None = None  # the supervisor enforces it; the actor only needs to know
     token: str | None = None  # the claim's lease token: which lease a Revoke means
+    seq: int = 0  # its place among the leases sent to this actor: 1, 2, ...
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ class Revoke:
 
     job_id: str
     token: str | None
+    seq: int = 0  # the lease's place: above the last the actor has read, it is unread
 
 
 class CheckpointAck(NamedTuple):

@@ -9,7 +9,8 @@ supervisor dies (``PR_SET_PDEATHSIG``), for a handler that never lets that threa
 
 Sockets: the main thread receives on ``<id>``; after boot everything the actor says goes out
 in order on ``<id>.out`` (the :class:`Outbox`); heartbeats use ``<id>.hb``, on which the
-heartbeat thread also takes revokes of queued leases while a job runs, and answers them.
+heartbeat thread also takes revokes of queued leases while a job runs, and answers them
+(refusing for good a lease it has not read yet: see ``JobLoop.revoke``).
 While more leases are queued in the actor (prefetch), outcomes are held and sent together,
 for at most ``HOLD_MAX`` seconds: the main thread sends them after a quick job, the
 heartbeat thread after a slow one, so a finished job is never reported late because the
@@ -143,7 +144,7 @@ class Channel:
         self.job_id: str | None = None
         self.inbox: collections.deque[Any] = collections.deque()  # kept while awaiting an ack
         # The job loop's: takes a queued lease out (True) for the watchdog, which answers.
-        self.revoke: Callable[[str, str | None], bool] | None = None
+        self.revoke: Callable[[str, str | None, int], bool] | None = None
 
     def send(self, message: Any) -> None:
         self.outbox.send(message)
@@ -220,7 +221,8 @@ class Watchdog(threading.Thread):
                         last_heard = time.monotonic()
                         message = _decoded(data)
                         if isinstance(message, p.Revoke) and self.channel.revoke is not None \
-                                and self.channel.revoke(message.job_id, message.token):
+                                and self.channel.revoke(message.job_id, message.token,
+                                                        message.seq):
                             # Answered here, now (not after the job), on this thread's own
                             # socket: it must never wait for the outbox's lock.
                             self.socket.send(p.encode(p.Revoked(message.job_id,
@@ -280,8 +282,11 @@ class JobLoop:
         self.registry = registry
         self.leases: collections.deque[p.Lease] = collections.deque()
         # The watchdog thread revokes queued leases while a job runs: it and this thread
-        # take the lock to change ``leases`` (a deque must not change while it is searched).
+        # take the lock to change ``leases`` (a deque must not change while it is searched),
+        # ``read_up_to`` and ``refused`` (see ``revoke``).
         self.lock = threading.Lock()
+        self.read_up_to = 0  # the place (Lease.seq) of the last lease read
+        self.refused: set[int] = set()  # places of leases refused before they were read
         self.stopping = False
         self.checked = 0.0
         channel.revoke = self.revoke
@@ -306,26 +311,42 @@ class JobLoop:
         while (message := self.channel.next_message(block)) is not None:
             block = False
             if isinstance(message, p.Lease):
-                with self.lock:
-                    self.leases.append(message)
+                self.take((message,))
             elif isinstance(message, p.Leases):
-                with self.lock:
-                    self.leases.extend(message.leases)
-            elif isinstance(message, p.Revoke) and self.revoke(message.job_id, message.token):
+                self.take(message.leases)
+            elif isinstance(message, p.Revoke) and self.revoke(message.job_id, message.token,
+                                                               message.seq):
                 self.channel.send(p.Revoked(message.job_id, message.token))
             elif isinstance(message, p.Stop):
                 self.stopping = True
 
-    def revoke(self, job_id: str, token: str | None) -> bool:
-        """Take a queued lease out, unless it started or went already (the supervisor
-        asks on both sockets: only the first look finds it); the caller answers
-        ``Revoked`` when this is True."""
+    def take(self, leases: tuple[p.Lease, ...]) -> None:
+        """Queue leases just read (they come in order), but those refused unread."""
+        with self.lock:
+            for lease in leases:
+                self.read_up_to = max(self.read_up_to, lease.seq)
+                if lease.seq in self.refused:
+                    self.refused.discard(lease.seq)
+                else:
+                    self.leases.append(lease)
+
+    def revoke(self, job_id: str, token: str | None, seq: int) -> bool:
+        """Take a queued lease out, or refuse for good one not read yet; False if it
+        started or went already (the supervisor asks on both sockets: only the first look
+        answers). The caller answers ``Revoked`` when this is True.
+
+        A lease sent while a job runs waits unread on the main socket until that job ends:
+        the watchdog thread can only refuse it, and it is dropped when it is read. Leases
+        come in order, so one placed after the last read (``seq``) has not been read."""
         with self.lock:
             found = next((lease for lease in self.leases
                           if lease.job_id == job_id and lease.token == token), None)
-            if found is None:
+            if found is not None:
+                self.leases.remove(found)
+                return True
+            if seq <= self.read_up_to or seq in self.refused:
                 return False
-            self.leases.remove(found)
+            self.refused.add(seq)
         return True
 
     def run_one(self, lease: p.Lease) -> None:

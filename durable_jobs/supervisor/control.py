@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from durable_jobs.supervisor.dispatch import Dispatcher, Flushed
     from durable_jobs.supervisor.duties import Duties
     from durable_jobs.supervisor.hooks import Hooks
+    from durable_jobs.supervisor.pace import Pace
     from durable_jobs.supervisor.pool import Pool, Running
     from durable_jobs.supervisor.supervisor import Wake
 
@@ -48,6 +49,7 @@ class Control:
     wake: Wake
     phase: Phase
     paused: PauseMode | None
+    pace: Pace
     drain_deadline: float
     after_flush: Callable[[Flushed], None]
 
@@ -112,12 +114,31 @@ class Control:
                     job.revoking = True
                     self.revoke(actor, job)
 
+    def rebalance(self, now: float) -> None:
+        """Take back the leases queued behind a job that has run long (``Pace.stuck``)
+        while an actor of their queue has nothing to do: handed back (``Revoked``), they go
+        back to pending, and the next claim gives them to the free actor."""
+        if self.phase is not Phase.RUNNING or self.paused is not None:
+            return
+        free, queueing = set(), []
+        for actor in self.pool.actors.values():
+            if len(actor.jobs) > 1:
+                queueing.append(actor)
+            elif not actor.jobs and actor.state is ActorState.IDLE and actor.retiring is None:
+                free.add(actor.queue)
+        for actor in queueing:
+            if actor.queue in free and self.pace.stuck(actor, now):
+                for job in list(actor.jobs)[1:]:
+                    if not job.revoking:
+                        job.revoking = True
+                        self.revoke(actor, job)
+
     def revoke(self, actor: Actor, job: Running) -> None:
         """Ask the actor to hand a queued lease back: on its heartbeat socket, whose thread
         answers at once even while a job runs, and on its main one, read between jobs (and
         by actors of earlier versions); it answers ``Revoked`` once, if it had not started
         the job."""
-        revoke = p.Revoke(job.job_id, job.token)
+        revoke = p.Revoke(job.job_id, job.token, job.seq)
         self.send(f"{actor.id}.hb", revoke)
         self.send(actor.id, revoke)
 

@@ -11,7 +11,9 @@ actor of the queue may have nothing to do (the "prefetch trap" of Celery's defau
   ``QUEUE_UNDER`` and the actor's current job has not run that long yet; otherwise claimed
   jobs wait in the supervisor and go to the first actor that is free;
 * jobs are claimed ahead only while the queue's last job took under ``CLAIM_AHEAD_UNDER``
-  (for longer jobs the round trip is a fraction of a percent).
+  (for longer jobs the round trip is a fraction of a percent);
+* leases queued behind a job that has run ``QUEUE_UNDER`` (``stuck``) are taken back once an
+  actor of the queue has nothing to do (``Control.rebalance``), to run there.
 
 A queue whose jobs have not been timed yet (a fresh supervisor) claims ahead but queues
 nothing in a busy actor. The time is the actor's own (from the start of the attempt to its
@@ -52,6 +54,14 @@ class Pace:
         """How many jobs ``queue`` may claim beyond its free actors."""
         last = self.last.get(queue)
         return self.prefetch if last is None or last < CLAIM_AHEAD_UNDER else 0
+
+    def stuck(self, actor: Actor, now: float) -> bool:
+        """Whether leases queued in ``actor`` wait behind a job that has run ``QUEUE_UNDER``
+        or longer (queued while the queue's jobs were quick): on a free actor of the queue
+        they would run now, not once that job ends, however long it runs."""
+        head = actor.job
+        return len(actor.jobs) > 1 and head is not None and bool(head.started) \
+            and now - head.started >= QUEUE_UNDER
 
     def depth(self, actor: Actor, now: float) -> int:
         """How many leases ``actor`` may hold (the one it runs included) at ``now``."""

@@ -69,6 +69,7 @@ class Running:
     row: Any = None
     revoking: bool = False  # asked the actor to hand it back unstarted
     actor_id: str | None = None  # the actor it was sent to
+    seq: int = 0  # its place among the leases sent to that actor (protocol.Lease.seq)
 
 
 @dataclass
@@ -80,6 +81,7 @@ class Actor:
     state: ActorState = ActorState.STARTING
     jobs: collections.deque[Running] = field(default_factory=collections.deque)
     jobs_done: int = 0
+    leases_sent: int = 0
     last_seen: float = field(default_factory=time.monotonic)
     kill_at: float | None = None  # monotonic: SIGKILL if still alive then
     stop_reason: str | None = None

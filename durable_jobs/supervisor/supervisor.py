@@ -39,7 +39,7 @@ from durable_jobs.supervisor.dispatch import Dispatcher, Flushed, Ready
 from durable_jobs.supervisor.duties import Duties
 from durable_jobs.supervisor.hooks import Hooks
 from durable_jobs.supervisor.inbox import Inbox
-from durable_jobs.supervisor.pace import DEFAULT_PREFETCH, Pace
+from durable_jobs.supervisor.pace import DEFAULT_PREFETCH, QUEUE_UNDER, Pace
 from durable_jobs.supervisor.pool import (
     SILENT,
     Actor,
@@ -262,6 +262,7 @@ class Supervisor(Inbox, Control):
         self.duties.run_due(now, time.time())  # before flush: a failing flush must not stop
         self.flush(now)                         # lease renewal or the reaper
         self.dispatch(now)
+        self.rebalance(now)
         self.check_drained(now)
         self.wait(now)
 
@@ -431,8 +432,11 @@ class Supervisor(Inbox, Control):
             job = item.job
             job.actor_id = actor.id
             actor.jobs.append(job)
+            actor.leases_sent += 1
+            job.seq = actor.leases_sent
             leases.append(p.Lease(job.job_id, job.name, job.queue, job.args, job.attempt,
-                                  job.max_attempts, item.steps, job.timeout, job.token))
+                                  job.max_attempts, item.steps, job.timeout, job.token,
+                                  job.seq))
             if hooked:
                 self.hooks.started(job)
         if was_idle:  # (now, not when the loop turn began: a flush may have run since)
@@ -509,8 +513,12 @@ class Supervisor(Inbox, Control):
         if d.first_write_at is not None:
             deadlines.append(d.first_write_at + self.options.flush_interval)
         for actor in self.pool.actors.values():
-            if actor.job is not None and actor.job.deadline is not None:
-                deadlines.append(actor.job.deadline)
+            head = actor.job
+            if head is not None and head.deadline is not None:
+                deadlines.append(head.deadline)
+            if head is not None and len(actor.jobs) > 1 and head.started \
+                    and head.started + QUEUE_UNDER > now:  # when they may be stuck (rebalance)
+                deadlines.append(head.started + QUEUE_UNDER)
             if actor.kill_at is not None:
                 deadlines.append(actor.kill_at)
         if self.listener.fileno is None and self._idle_actors() \

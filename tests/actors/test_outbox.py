@@ -123,10 +123,34 @@ def test_a_revoke_takes_only_the_queued_lease_it_names() -> None:
     from types import SimpleNamespace
 
     loop = JobLoop(SimpleNamespace(), Registry())  # type: ignore[arg-type]
-    old, new = (p.Lease("b", "n", "default", "null", 1, 4, token=t) for t in ("t-1", "t-2"))
-    loop.leases.extend([p.Lease("a", "n", "default", "null", 1, 4, token="t-a"), new])
-    assert loop.revoke("b", "t-1") is False  # old's copy: it went already
-    assert loop.revoke("b", "t-2") is True
+    old, new = (p.Lease("b", "n", "default", "null", 1, 4, token=t, seq=n)
+                for t, n in (("t-1", 1), ("t-2", 3)))
+    loop.take((old,))
+    loop.leases.clear()  # it ran
+    loop.take((p.Lease("a", "n", "default", "null", 1, 4, token="t-a", seq=2), new))
+    assert loop.revoke("b", "t-1", 1) is False  # old's copy: it went already
+    assert loop.revoke("b", "t-2", 3) is True
     assert [lease.job_id for lease in loop.leases] == ["a"]
-    assert loop.revoke("b", "t-2") is False  # the other copy finds nothing
+    assert loop.revoke("b", "t-2", 3) is False  # the other copy finds nothing
     assert old.token == "t-1"
+
+
+def test_a_lease_revoked_before_it_is_read_is_refused_and_dropped_when_read() -> None:
+    """A lease sent while a job runs waits unread on the main socket: the watchdog thread
+    refuses it at once (placed after the last lease read), the main thread drops it when it
+    reads it, and nothing refuses a lease that was read: queued, running or run."""
+    from types import SimpleNamespace
+
+    loop = JobLoop(SimpleNamespace(), Registry())  # type: ignore[arg-type]
+    first, later, last = (p.Lease(job_id, "n", "default", "null", 1, 4, token=f"t-{job_id}",
+                                  seq=n) for n, job_id in enumerate("abc", 1))
+    loop.take((first,))
+    assert loop.revoke("b", "t-b", 2) is True  # not read yet: refused for good
+    assert loop.revoke("b", "t-b", 2) is False  # the copy on the other socket
+    loop.take((later, last))
+    assert [lease.job_id for lease in loop.leases] == ["a", "c"]
+    assert loop.revoke("b", "t-b", 2) is False  # read since: not answered twice
+    loop.leases.popleft()  # "a" starts
+    assert loop.revoke("a", "t-a", 1) is False  # a lease that started is never revoked
+    assert loop.revoke("c", "t-c", 3) is True  # a queued one is
+    assert not loop.leases and not loop.refused

@@ -228,6 +228,34 @@ def test_no_lease_waits_behind_a_long_job_while_another_actor_is_free(
 
 
 @pytest.mark.timeout(60)
+def test_leases_queued_behind_a_job_that_runs_long_move_to_a_free_actor(
+        queue: jobs.Queue, tmp_path: Path) -> None:
+    """In a quick queue, leases are queued behind the running job. When that job runs long
+    (here, until the gate opens), the leases queued behind it are taken back once another
+    actor of the queue is free, and that actor runs them. They used to wait for the job,
+    however long it ran."""
+    queue.register("gated", gated)
+    queue.register("noop", noop)
+    queue.register("mark", mark)
+    gate = tmp_path / "gate"
+    log = tmp_path / "marks"
+    with queue.worker({"default": 2}, poll_interval=5.0) as worker:
+        time_as_quick(queue)
+        # One claim takes them all: the gated job leads one actor's leases, with two of the
+        # others queued behind it (three per actor at the default prefetch).
+        slow, *quick = queue.enqueue_many(
+            [jobs.Sub("gated", {"gate": str(gate)}, priority=9)]
+            + [jobs.Sub("mark", {"path": str(log), "tag": i}) for i in range(6)])
+        for job_id in quick:
+            queue.result(job_id, timeout=10)
+        assert status(queue, slow) == "running"
+        assert held(worker) == [slow]
+        gate.touch()
+        assert queue.result(slow, timeout=15) == "opened"
+    assert sorted(lines(log)) == [str(i) for i in range(6)]  # each ran once
+
+
+@pytest.mark.timeout(60)
 def test_a_queue_of_long_jobs_claims_only_for_free_actors(queue: jobs.Queue,
                                                           tmp_path: Path) -> None:
     """Claiming ahead pays only for short jobs: once a job took a second or more

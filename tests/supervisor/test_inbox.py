@@ -82,9 +82,10 @@ def actor_with(*jobs: Running) -> Actor:
 
 def test_a_revoke_goes_to_both_sockets_and_names_the_lease() -> None:
     sup, queued = Revokes(), running("b", "t-b")
+    queued.seq = 7  # its place among the leases sent to the actor
     sup.revoke(actor_with(running("a", "t-a"), queued), queued)
-    assert sup.sent == [("default-1.hb", p.Revoke("b", "t-b")),
-                        ("default-1", p.Revoke("b", "t-b"))]
+    assert sup.sent == [("default-1.hb", p.Revoke("b", "t-b", 7)),
+                        ("default-1", p.Revoke("b", "t-b", 7))]
 
 
 def test_revoked_for_another_lease_of_the_job_is_ignored() -> None:

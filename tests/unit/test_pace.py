@@ -102,3 +102,20 @@ def test_leases_are_dealt_one_at_a_time_to_the_actor_holding_fewest() -> None:
     starting.id = "d"
     pool.actors["d"] = starting  # state STARTING: it will be free in a moment
     assert pool.deal("q", lambda x: pace.depth(x, 5.0), 5) == [b, c]
+
+
+@pytest.mark.parametrize(("queued", "running_for", "stuck"), [
+    (0, QUEUE_UNDER * 5, False),           # nothing queued behind it
+    (2, None, False),                      # idle (no job at all)
+    (2, 0.0, False),                       # a job that just began
+    (2, QUEUE_UNDER * 0.99, False),
+    (2, QUEUE_UNDER, True),                # it has run long: the two behind it are stuck
+    (1, 60.0, True),
+])
+def test_leases_behind_a_job_that_has_run_long_are_stuck(queued: int, running_for: float | None,
+                                                         stuck: bool) -> None:
+    now = 1000.0
+    busy = actor(running_since=None if running_for is None else now - running_for)
+    for n in range(queued if running_for is not None else 0):
+        busy.jobs.append(Running(f"q{n}", "n", "q", "{}", 1, 1, 0.0, None, "t", 0))
+    assert Pace(["q"], DEFAULT_PREFETCH).stuck(busy, now) is stuck

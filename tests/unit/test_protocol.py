@@ -33,7 +33,9 @@ EVERY_MESSAGE = [
     p.Init(("/app",), b"\x80registry", 1.0, True, 30.0),
     LEASE, p.Lease("job-9", "noop", "default", "null", 1, 1),
     p.Leases((LEASE, p.Lease("job-9", "noop", "default", "null", 1, 1))),
-    p.Revoke("job-1", None), p.CheckpointAck("job-1", 4, True), p.CheckpointAck("job-1", 5, False),
+    p.Lease("job-8", "noop", "default", "null", 1, 1, token="t-8", seq=12),
+    p.Revoke("job-1", None), p.Revoke("job-8", "t-8", 12),
+    p.CheckpointAck("job-1", 4, True), p.CheckpointAck("job-1", 5, False),
     p.Ping(), p.Stop(),
 ]
 
