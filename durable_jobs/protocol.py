@@ -148,10 +148,11 @@ class Leases:
 
 @dataclass(frozen=True)
 class Revoke:
-    """Do not start this queued lease (pause, drain, or its job was cancelled meanwhile);
-    answered with ``Revoked`` if it had not started. The running job is never revoked.
-    Sent on both of the actor's sockets, so ``token`` names the lease: the second copy must
-    not take a later lease of the same job."""
+    """Do not start this queued lease (pause, drain, its job was cancelled meanwhile, or it
+    waits behind a long job while another actor is free); answered with ``Revoked`` if it
+    had not started, or had not even been read (refused for good). The running job is never
+    revoked. Sent on both of the actor's sockets, so ``token`` names the lease: the second
+    copy must not take a later lease of the same job."""
 
     job_id: str
     token: str | None

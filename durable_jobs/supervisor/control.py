@@ -117,7 +117,9 @@ class Control:
     def rebalance(self, now: float) -> None:
         """Take back the leases queued behind a job that has run long (``Pace.stuck``)
         while an actor of their queue has nothing to do: handed back (``Revoked``), they go
-        back to pending, and the next claim gives them to the free actor."""
+        back to pending, to be claimed again, most likely for that free actor (another
+        supervisor, or jobs of higher priority, may come first). Until the answer, nothing
+        more is sent to their actor (``Actor.capacity``)."""
         if self.phase is not Phase.RUNNING or self.paused is not None:
             return
         free, queueing = set(), []
@@ -135,9 +137,8 @@ class Control:
 
     def revoke(self, actor: Actor, job: Running) -> None:
         """Ask the actor to hand a queued lease back: on its heartbeat socket, whose thread
-        answers at once even while a job runs, and on its main one, read between jobs (and
-        by actors of earlier versions); it answers ``Revoked`` once, if it had not started
-        the job."""
+        answers at once even while a job runs, and on its main one, read between jobs; it
+        answers ``Revoked`` once, if it had not started the job."""
         revoke = p.Revoke(job.job_id, job.token, job.seq)
         self.send(f"{actor.id}.hb", revoke)
         self.send(actor.id, revoke)

@@ -100,6 +100,12 @@ class Actor:
         """How many more leases this actor may hold (0 unless it is booted and live)."""
         if self.state not in (ActorState.IDLE, ActorState.BUSY) or self.retiring is not None:
             return 0
+        if self.jobs and self.jobs[-1].revoking:
+            # A revoke awaits its answer (revokes take all that is queued, so the last one
+            # is among them). It comes on the heartbeat socket, and may be read after the
+            # outcome of a lease sent later: that outcome would not be the head's, and would
+            # be dropped as stale. So nothing more is sent until the answer.
+            return 0
         room = depth - len(self.jobs)
         if self.limit is not None:  # with prefetch, never more than the limit in all
             room = min(room, self.limit - self.jobs_done - len(self.jobs))

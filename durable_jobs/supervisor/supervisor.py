@@ -259,10 +259,10 @@ class Supervisor(Inbox, Control):
         self.read_messages(now)
         self.enforce_limits(now)
         self.dispatch(now)  # from the prefetch buffer first: actors need not wait on the DB
+        self.rebalance(now)  # here, as read: after a slow flush every job would look long
         self.duties.run_due(now, time.time())  # before flush: a failing flush must not stop
         self.flush(now)                         # lease renewal or the reaper
         self.dispatch(now)
-        self.rebalance(now)
         self.check_drained(now)
         self.wait(now)
 

@@ -147,6 +147,22 @@ def test_an_actor_never_holds_more_leases_than_its_job_limit_leaves() -> None:
     assert actor.capacity(depth=4) == 0
 
 
+def test_nothing_more_is_sent_to_an_actor_while_a_revoke_awaits_its_answer() -> None:
+    """The answer comes on the heartbeat socket and may be read after the outcome of a
+    lease sent later, which would then not be the head's and be dropped as stale (the
+    rebalance review's race): an actor with a revoke in flight takes no lease."""
+    sup, queued = Revokes(), running("b", "t-b")
+    busy = actor_with(running("a", "t-a"), queued)
+    assert busy.capacity(depth=3) == 1
+    queued.revoking = True  # as Control.rebalance and revoke_queued mark it
+    sup.revoke(busy, queued)
+    assert busy.capacity(depth=3) == 0
+    busy.jobs.popleft()  # "a" reported: the revoked lease is at the head, still unanswered
+    assert busy.capacity(depth=3) == 0
+    busy.jobs.clear()  # Revoked: on_revoked took it out
+    assert busy.capacity(depth=3) == 3
+
+
 @pytest.mark.parametrize(("code", "served", "age", "counts"), [
     (7, False, 1.0, True),           # the app ended the process soon after booting
     (-signal.SIGSEGV, False, 1.0, True),
