@@ -30,11 +30,11 @@ class Sub:
 
 
 T = TypeVar("T")
-_OPTIONS = operator.attrgetter("name", "retries", "timeout", "queue", "priority")
-_NUMBERS = operator.attrgetter("retries", "timeout", "priority")
-_OPTION_GETTERS = tuple(map(operator.attrgetter, ("name", "retries", "timeout", "queue",
-                                                   "priority")))
-_NUMBER_GETTERS = _OPTION_GETTERS[1:3] + _OPTION_GETTERS[4:]
+_OPTION_NAMES = ("name", "retries", "timeout", "queue", "priority")
+_NUMBER_NAMES = ("retries", "timeout", "priority")
+_OPTIONS = operator.attrgetter(*_OPTION_NAMES)
+_NUMBERS = operator.attrgetter(*_NUMBER_NAMES)
+_OPTION_GETTERS = {name: operator.attrgetter(name) for name in _OPTION_NAMES}
 
 
 def checked_once(checked: dict[tuple[Any, ...], T], sub: Sub, check: Callable[[Sub], T]) -> T:
@@ -60,10 +60,10 @@ def same_options(subs: list[Sub]) -> bool:
     if not subs or not all(map(isinstance, subs, itertools.repeat(Sub))):
         return False
     try:
-        for getter in _OPTION_GETTERS:
+        for name, getter in _OPTION_GETTERS.items():
             if len(set(map(getter, subs))) != 1:
                 return False
-            if getter in _NUMBER_GETTERS and getter(subs[0]) is not None \
+            if name in _NUMBER_NAMES and getter(subs[0]) is not None \
                     and len(set(map(type, map(getter, subs)))) != 1:  # 1 == 1.0 == True
                 return False
     except TypeError:  # an unhashable option: checking it names the problem

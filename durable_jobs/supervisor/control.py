@@ -109,10 +109,14 @@ class Control:
         pending); one it had started finishes and reports as usual.
         """
         for actor in self.pool.actors.values():
-            for job in list(actor.jobs)[1:]:
-                if not job.revoking:
-                    job.revoking = True
-                    self.revoke(actor, job)
+            self._revoke_behind_head(actor)
+
+    def _revoke_behind_head(self, actor: Actor) -> None:
+        """Revoke every lease queued in ``actor`` behind the one it runs (once each)."""
+        for job in list(actor.jobs)[1:]:
+            if not job.revoking:
+                job.revoking = True
+                self.revoke(actor, job)
 
     def rebalance(self, now: float) -> None:
         """Take back the leases queued behind a job that has run long (``Pace.stuck``)
@@ -130,10 +134,7 @@ class Control:
                 free.add(actor.queue)
         for actor in queueing:
             if actor.queue in free and self.pace.stuck(actor, now):
-                for job in list(actor.jobs)[1:]:
-                    if not job.revoking:
-                        job.revoking = True
-                        self.revoke(actor, job)
+                self._revoke_behind_head(actor)
 
     def revoke(self, actor: Actor, job: Running) -> None:
         """Ask the actor to hand a queued lease back: on its heartbeat socket, whose thread

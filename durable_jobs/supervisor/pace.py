@@ -59,9 +59,16 @@ class Pace:
         """Whether leases queued in ``actor`` wait behind a job that has run ``QUEUE_UNDER``
         or longer (queued while the queue's jobs were quick): on a free actor of the queue
         they would run now, not once that job ends, however long it runs."""
+        at = self.stuck_from(actor)
+        return at is not None and now >= at
+
+    @staticmethod
+    def stuck_from(actor: Actor) -> float | None:
+        """When the leases queued in ``actor`` become stuck (``stuck``), if it has any."""
         head = actor.job
-        return len(actor.jobs) > 1 and head is not None and bool(head.started) \
-            and now - head.started >= QUEUE_UNDER
+        if len(actor.jobs) > 1 and head is not None and head.started:
+            return head.started + QUEUE_UNDER
+        return None
 
     def depth(self, actor: Actor, now: float) -> int:
         """How many leases ``actor`` may hold (the one it runs included) at ``now``."""

@@ -39,7 +39,7 @@ from durable_jobs.supervisor.dispatch import Dispatcher, Flushed, Ready
 from durable_jobs.supervisor.duties import Duties
 from durable_jobs.supervisor.hooks import Hooks
 from durable_jobs.supervisor.inbox import Inbox
-from durable_jobs.supervisor.pace import DEFAULT_PREFETCH, QUEUE_UNDER, Pace
+from durable_jobs.supervisor.pace import DEFAULT_PREFETCH, Pace
 from durable_jobs.supervisor.pool import (
     SILENT,
     Actor,
@@ -516,9 +516,9 @@ class Supervisor(Inbox, Control):
             head = actor.job
             if head is not None and head.deadline is not None:
                 deadlines.append(head.deadline)
-            if head is not None and len(actor.jobs) > 1 and head.started \
-                    and head.started + QUEUE_UNDER > now:  # when they may be stuck (rebalance)
-                deadlines.append(head.started + QUEUE_UNDER)
+            stuck_from = self.pace.stuck_from(actor)
+            if stuck_from is not None and stuck_from > now:  # for rebalance
+                deadlines.append(stuck_from)
             if actor.kill_at is not None:
                 deadlines.append(actor.kill_at)
         if self.listener.fileno is None and self._idle_actors() \

@@ -100,7 +100,7 @@ def test_circular_args_are_refused() -> None:
 
 
 def test_encode_each_gives_encode_json_text_and_leaves_every_refusal_to_it() -> None:
-    """The batch encoder (its loop in C, no circular-reference markers) gives each value's
+    """The batch encoder (its loop in C, with circular-reference markers) gives each value's
     encode_json text; a batch with a value encode_json would refuse gives None (the caller
     then encodes one at a time, and encode_json names the problem), the encoder unharmed."""
     @dataclasses.dataclass
