@@ -16,7 +16,8 @@ import re
 _URL_START = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]{0,31}://")
 _SPACE = re.compile(r"\s")
 _NETLOC_END = re.compile(r"[/?#]")
-_KEYWORD = r"(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|credentials?)"
+_KEYWORD = (r"(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|credentials?"
+            r"|private[_-]?key|session[_-]?id)")
 _ASSIGN = r"[\w-]{0,64}['\"]?\s*[:=]\s*"
 # A value is the last thing in its pattern and unbounded: however long, it is masked whole,
 # and a greedy run at a pattern's end never backtracks.
@@ -36,6 +37,15 @@ _AUTHORIZATION = re.compile(
 # credentials are masked after an Authorization key only: "basic" is a common word.)
 _BEARER = re.compile(
     r"(?i)(?P<scheme>\bbearer\s{1,8})(?=[A-Za-z]*[0-9._~+/=-])[A-Za-z0-9._~+/=-]{8,}")
+# A Cookie or Set-Cookie header: all its cookies, to the end of the line or the closing quote
+# ("Cookie: session=abc; theme=dark": which of them is the secret cannot be told).
+_COOKIE = re.compile(
+    r"(?i)(?P<key>\b(?:set-)?cookies?['\"]?\s*[:=]\s*)"
+    r"(?:'(?P<single>[^'\r\n]+)'|\"(?P<double>[^\"\r\n]+)\"|(?P<open>['\"]?)[^'\"\r\n]+)")
+# A PEM private key ("-----BEGIN RSA PRIVATE KEY-----"): its body to the END line, or to the
+# end of the text when that was cut off. Read by hand, like URLs: no stretch read twice.
+_PEM_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY-----")
+_PEM_END = "-----END"
 MASK = "***"
 # What an error keeps of a message or a traceback: its first and last characters. A message
 # of megabytes (a payload dumped into an exception) would otherwise be stored, sent and
@@ -71,6 +81,21 @@ def _mask_url_passwords(text: str) -> str:
     return "".join(pieces) + text[done:] if pieces else text
 
 
+def _mask_private_keys(text: str) -> str:
+    """``-----BEGIN PRIVATE KEY-----***-----END PRIVATE KEY-----``."""
+    if "PRIVATE KEY-----" not in text:
+        return text
+    pieces: list[str] = []
+    done = 0
+    for match in _PEM_BEGIN.finditer(text):
+        if match.start() < done:
+            continue  # inside a key masked already
+        end = text.find(_PEM_END, match.end())
+        pieces += [text[done:match.end()], MASK]
+        done = end if end >= 0 else len(text)
+    return "".join(pieces) + text[done:] if pieces else text
+
+
 def _masked_header(match: re.Match[str]) -> str:
     key, quote = match.group("key"), match.group("quote")
     if quote is not None:
@@ -89,10 +114,12 @@ def _masked_value(match: re.Match[str]) -> str:
 
 def redact(text: str) -> str:
     """Mask passwords in URLs, values of secret-looking keys (``password=``, ``token:``,
-    quoted values whole), the credential of an Authorization header (``Authorization:
-    Basic ***``) and bearer tokens."""
-    text = _mask_url_passwords(text)
+    ``private_key=``, ``session_id=``, quoted values whole), the credential of an
+    Authorization header (``Authorization: Basic ***``), the cookies of a Cookie or
+    Set-Cookie header, the body of a PEM private key and bearer tokens."""
+    text = _mask_private_keys(_mask_url_passwords(text))
     text = _AUTHORIZATION.sub(_masked_header, text)
+    text = _COOKIE.sub(_masked_value, text)
     text = _KEY_VALUE.sub(_masked_value, text)
     return _BEARER.sub(lambda m: f"{m.group('scheme')}{MASK}", text)
 

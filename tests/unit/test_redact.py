@@ -44,6 +44,16 @@ from durable_jobs.engine.redact import KEEP_HEAD, KEEP_TAIL, redact, redact_for_
     ("postgresql://app:" + "eyJ" * 200 + "@db/x", "postgresql://app:***@db/x"),  # IAM tokens
     ("ftp://anonymous@host/x http://host:8080/x", "ftp://anonymous@host/x http://host:8080/x"),
     ("Bearer\neyJhbGciOi.x1", "Bearer\n***"),
+    # private keys, session ids and cookies
+    ("private_key=SEKRIT", "private_key=***"),
+    ('{"privateKey": "abc def"}', '{"privateKey": "***"}'),
+    ("key: -----BEGIN RSA PRIVATE KEY-----\nMIIEow\nIBAAK=\n-----END RSA PRIVATE KEY----- end",
+     "key: -----BEGIN RSA PRIVATE KEY-----***-----END RSA PRIVATE KEY----- end"),
+    ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADAN", "-----BEGIN PRIVATE KEY-----***"),  # cut short
+    ("session_id=42abc; path=/", "session_id=***; path=/"),
+    ("Cookie: session=abc; theme=dark\nnext line", "Cookie: ***\nnext line"),
+    ("Set-Cookie: sid=xyz; Path=/; HttpOnly", "Set-Cookie: ***"),
+    ("{'Cookie': 'session=abc; x=1', 'Accept': '*/*'}", "{'Cookie': '***', 'Accept': '*/*'}"),
 ])
 def test_secrets_are_masked(text: str, expected: str) -> None:
     assert redact(text) == expected
@@ -56,6 +66,9 @@ def test_secrets_are_masked(text: str, expected: str) -> None:
     "token bucket empty",
     "ValueError: invalid literal for int() with base 10: 'abc'",
     "see https://example.com/a?x=1 and mailto:bob@example.com",
+    "cookie jar is empty",
+    "the session id is unknown",
+    "-----BEGIN PUBLIC KEY-----\nMIIBIjAN\n-----END PUBLIC KEY-----",
 ])
 def test_ordinary_text_is_left_alone(text: str) -> None:
     assert redact(text) == text
@@ -67,6 +80,9 @@ def test_ordinary_text_is_left_alone(text: str) -> None:
     "password=" * 20_000,
     "a://" * 25_000,
     ("Bearer " + "a" * 5_000) * 20,
+    "Cookie: '" * 12_000,
+    "-----BEGIN PRIVATE KEY-----" * 4_000,
+    "-----BEGIN PRIVATE KEY" * 5_000,
 ])
 def test_redaction_time_grows_with_the_length_not_its_square(text: str) -> None:
     """An actor redacting a long message holds the GIL: minutes of it got it killed as
