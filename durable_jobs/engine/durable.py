@@ -35,6 +35,7 @@ from durable_jobs.engine.errors import (
     NoRetry,
     message_of,
 )
+from durable_jobs.engine.events import custom_data
 from durable_jobs.engine.fanout import (
     CollectAll,
     FailFast,
@@ -163,7 +164,8 @@ def current_job() -> JobContext:
 
 def emit_event(kind: str, data: Any = None) -> None:
     """Send a custom event (e.g. progress) about the running job to the supervisor."""
-    _require("emit_event").runtime.emit(kind, data)
+    runtime = _require("emit_event").runtime
+    runtime.emit(kind, custom_data(kind, data))
 
 
 def _replayed(execution: Execution, position: int, name: str) -> StoredStep | None:

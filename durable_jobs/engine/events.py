@@ -7,6 +7,7 @@ the events that happen after it was created.
 
 from __future__ import annotations
 
+import json
 import queue as queue_mod
 import threading
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from durable_jobs.engine.errors import JobError
+from durable_jobs.engine.job import PauseMode
+from durable_jobs.engine.options import check_name, encode_json
 
 
 def _now() -> datetime:
@@ -57,7 +60,7 @@ class JobRetrying(JobEvent):
 
 @dataclass(frozen=True)
 class JobPaused(JobEvent):
-    mode: str = "graceful"
+    mode: PauseMode = PauseMode.GRACEFUL
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,15 @@ class JobReclaimed(JobEvent):
 class CheckpointSaved(JobEvent):
     position: int = 0
     step: str = ""
+
+
+def custom_data(kind: object, data: Any) -> Any:
+    """A custom event's data as subscribers get it: plain JSON, as a job's result is read
+    back (a dataclass becomes a dict). ``kind`` follows the job-name rule
+    (InvalidNameError); data that is not JSON raises TypeError naming its type, over 1 MiB
+    PayloadTooLargeError. Checked where the event is emitted, so the emitter hears of it."""
+    check_name(kind, "event kind")
+    return json.loads(encode_json(data, "event data"))
 
 
 @dataclass(frozen=True)
@@ -105,7 +117,7 @@ class QueueResumed:
 class WorkerPaused:
     worker_id: str
     timestamp: datetime = field(default_factory=_now)
-    mode: str = "graceful"
+    mode: PauseMode = PauseMode.GRACEFUL
 
 
 @dataclass(frozen=True)

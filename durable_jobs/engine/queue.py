@@ -182,19 +182,21 @@ class Queue:
     # -- hooks and events ----------------------------------------------------------------
 
     def on_job_start(self, fn: F) -> F:
-        self.hooks["start"].append(fn)
-        return fn
+        return self._hook("start", fn)
 
     def on_job_complete(self, fn: F) -> F:
-        self.hooks["complete"].append(fn)
-        return fn
+        return self._hook("complete", fn)
 
     def on_job_fail(self, fn: F) -> F:
-        self.hooks["fail"].append(fn)
-        return fn
+        return self._hook("fail", fn)
 
     def on_retry(self, fn: F) -> F:
-        self.hooks["retry"].append(fn)
+        return self._hook("retry", fn)
+
+    def _hook(self, kind: str, fn: F) -> F:
+        if not callable(fn):  # now, not as an error logged at every job
+            raise InvalidOptionTypeError(f"a {kind} hook must be callable, got {fn!r}")
+        self.hooks[kind].append(fn)
         return fn
 
     def events(self) -> ev.Subscription:
@@ -202,11 +204,16 @@ class Queue:
         return self.bus.subscribe()
 
     def unsubscribe(self, subscription: ev.Subscription) -> None:
+        if not isinstance(subscription, ev.Subscription):
+            raise InvalidOptionTypeError("unsubscribe takes what queue.events() returned, got "
+                                         f"{type(subscription).__name__}")
         self.bus.unsubscribe(subscription)
 
     @_explained
     def emit_custom_event(self, job_id: str, kind: str, data: Any = None) -> None:
-        """Publish a custom event about a job (JobNotFoundError for an unknown id)."""
+        """Publish a custom event about a job (JobNotFoundError for an unknown id); ``kind``
+        and ``data`` are checked as ``jobs.emit_event`` checks them."""
+        data = ev.custom_data(kind, data)
         self.get(job_id)
         self.bus.publish(ev.CustomEvent(job_id, kind, data))
 
@@ -441,7 +448,7 @@ class Queue:
             return job_rows.get(conn, job_id)
 
         row = self._write(pause)
-        self.bus.publish(ev.JobPaused(job_id, row.name, row.queue, mode=mode.value))
+        self.bus.publish(ev.JobPaused(job_id, row.name, row.queue, mode=mode))
 
     @_explained
     def resume_job(self, job_id: str) -> None:

@@ -215,7 +215,7 @@ class Control:
                 self.release_running(actor, "aggressive pause")
             self.flush_all()
         self.duties.store_paused(True, mode.value)
-        self.hooks.publish(ev.WorkerPaused(self.id, mode=mode.value))
+        self.hooks.publish(ev.WorkerPaused(self.id, mode=mode))
         log.info("supervisor %s paused (%s)", self.id, mode.value)
 
     def resume(self) -> None:

@@ -143,6 +143,7 @@ def test_pending_job_pauses_and_resumes_without_using_an_attempt(queue: jobs.Que
     assert queue.is_job_paused(job_id)
     event = next_event(events, jobs.JobPaused)
     assert (event.job_id, event.name, event.mode) == (job_id, "quick", "graceful")
+    assert event.mode is jobs.PauseMode.GRACEFUL
     with pytest.raises(jobs.InvalidStateError, match="paused"):
         queue.pause_job(job_id)
 
@@ -383,6 +384,7 @@ def test_graceful_worker_pause_lets_running_jobs_finish_and_stops_claiming(
         worker.pause()
         event = next_event(events, jobs.WorkerPaused)
         assert (event.worker_id, event.mode) == (worker.id, "graceful")
+        assert event.mode is jobs.PauseMode.GRACEFUL
         row = supervisor_row(queue.store, worker.id)
         assert (row.paused, row.pause_mode) == (True, "graceful")
         assert status(queue, running) is jobs.Status.RUNNING  # not killed, not released

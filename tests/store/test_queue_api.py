@@ -1043,3 +1043,27 @@ def test_the_widest_priorities_and_retries_fit_both_databases(queue: jobs.Queue)
     assert (queue.get(top).priority, queue.get(top).max_attempts) == (2**31 - 1, 2**31 - 1)
     assert queue.get(bottom).priority == -2**31
     assert queue.get(bottom).run_at.year > 8000
+
+
+def test_custom_events_hooks_and_subscriptions_refuse_bad_input_at_once(
+        queue: jobs.Queue) -> None:
+    """What would fail later, far from its cause (a hook that is not callable: an error
+    logged at every job), or reach subscribers as no other event does (data that is not
+    JSON), is refused where it is given."""
+    job_id = queue.enqueue("a")
+    events = queue.events()
+    with pytest.raises(TypeError, match="set"):
+        queue.emit_custom_event(job_id, "progress", {1, 2})
+    with pytest.raises(jobs.InvalidNameError, match="event kind"):
+        queue.emit_custom_event(job_id, "", {"pct": 1})
+    with pytest.raises(jobs.PayloadTooLargeError):
+        queue.emit_custom_event(job_id, "progress", "x" * (1 << 20))
+    queue.emit_custom_event(job_id, "progress", (1, 2))  # as JSON reads it back: a list
+    queue.unsubscribe(events)
+    assert [(e.kind, e.data) for e in events] == [("progress", [1, 2])]
+    for hook in (queue.on_job_start, queue.on_job_complete, queue.on_job_fail, queue.on_retry):
+        with pytest.raises(jobs.DurableJobsError, match="must be callable"):
+            hook(5)  # type: ignore[type-var]
+    assert not any(queue.hooks.values())
+    with pytest.raises(TypeError, match="queue.events"):
+        queue.unsubscribe("x")  # type: ignore[arg-type]

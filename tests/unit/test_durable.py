@@ -468,6 +468,28 @@ def test_current_job_inside_handler_and_step() -> None:
     assert runtime.events == [("progress", {"pct": 50})]
 
 
+def test_emit_event_checks_its_kind_and_data_and_sends_plain_json() -> None:
+    @dataclass
+    class Progress:
+        pct: int
+
+    def workflow(args: Any) -> Any:
+        jobs.emit_event("progress", Progress(75))  # as a result is stored: a dict
+        for kind, data, error, match in [("progress", {1, 2}, TypeError, "set"),
+                                         ("bad kind", None, jobs.InvalidNameError, "event kind"),
+                                         (7, None, jobs.InvalidNameError, "event kind"),
+                                         ("big", "x" * (1 << 20), jobs.PayloadTooLargeError,
+                                          "1 MiB")]:
+            with pytest.raises(error, match=match):
+                jobs.emit_event(kind, data)
+        return None
+
+    runtime = FakeRuntime()
+    outcome = run(Calls(), workflow, runtime=runtime)
+    assert outcome.kind == "completed", outcome.error
+    assert runtime.events == [("progress", {"pct": 75})]
+
+
 def test_outside_a_handler_durable_functions_raise() -> None:
     for fn in (jobs.current_job, lambda: jobs.call("a"), lambda: jobs.fan_out([]),
                lambda: jobs.emit_event("x")):
