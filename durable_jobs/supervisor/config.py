@@ -19,6 +19,7 @@ from typing import Any
 
 from durable_jobs.engine.errors import DurableJobsError
 from durable_jobs.supervisor.pace import DEFAULT_PREFETCH
+from durable_jobs.supervisor.pool import MAX_CONCURRENCY
 
 __all__ = [
     "Config",
@@ -178,7 +179,7 @@ def _parse_queue(name: str, value: Any) -> QueueConfig:
     _reject_unknown(table, _QUEUE_KEYS, prefix)
     return QueueConfig(
         name=name,
-        concurrency=_with_default(_int_key(table, f"{prefix}.concurrency", 1), 1),
+        concurrency=_with_default(_int_key(table, f"{prefix}.concurrency", 1, MAX_CONCURRENCY), 1),
         max_jobs_per_actor=_int_key(table, f"{prefix}.max_jobs_per_actor", 1),
         max_memory_mb=_int_key(table, f"{prefix}.max_memory_mb", 1),
     )
@@ -212,14 +213,18 @@ def _float_key(
     return value
 
 
-def _int_key(table: Mapping[str, Any], key: str, minimum: int) -> int | None:
-    """An optional integer >= ``minimum`` under the last part of ``key``; None if absent."""
+def _int_key(table: Mapping[str, Any], key: str, minimum: int,
+             maximum: int | None = None) -> int | None:
+    """An optional integer >= ``minimum`` (and <= ``maximum``) under the last part of
+    ``key``; None if absent."""
     name = key.rsplit(".", 1)[-1]
     if name not in table:
         return None
     value = _integer(table[name], key)
     if value < minimum:
         raise ConfigError(key, f"must be >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(key, f"must be <= {maximum}")
     return value
 
 

@@ -24,6 +24,10 @@ from typing import Any
 from durable_jobs.engine.errors import DurableJobsError
 from durable_jobs.protocol import ORPHAN_EXIT  # its own exit when the supervisor fell silent
 
+#: Actor processes one queue may have: each is a Python process (tens of MB), so a larger
+#: number is a typo, found at start rather than by a host that runs out of memory.
+MAX_CONCURRENCY = 1024
+
 log = logging.getLogger("durable_jobs.supervisor")
 
 BOOT_GIVE_UP = 5  # consecutive boot failures of a queue's actors before giving up

@@ -14,7 +14,7 @@ from durable_jobs.engine.job import pause_mode as pause_mode_of  # (a parameter'
 from durable_jobs.engine.options import check_name, to_seconds
 from durable_jobs.supervisor.control import Phase
 from durable_jobs.supervisor.pace import DEFAULT_PREFETCH
-from durable_jobs.supervisor.pool import QueueSettings
+from durable_jobs.supervisor.pool import MAX_CONCURRENCY, QueueSettings
 from durable_jobs.supervisor.supervisor import Supervisor, SupervisorOptions
 
 log = logging.getLogger("durable_jobs.supervisor")
@@ -39,9 +39,9 @@ class Worker:
         for name, concurrency in queues.items():
             check_name(name, "queue name")
             if isinstance(concurrency, bool) or not isinstance(concurrency, int) \
-                    or concurrency < 1:
+                    or not 1 <= concurrency <= MAX_CONCURRENCY:
                 raise InvalidOptionError(f"concurrency of queue {name!r} must be an int "
-                                         f">= 1, got {concurrency!r}")
+                                         f"from 1 to {MAX_CONCURRENCY}, got {concurrency!r}")
             settings[name] = QueueSettings(concurrency, max_jobs_per_actor, max_memory_mb)
         _count(max_jobs_per_actor, "max_jobs_per_actor", 1)
         _count(max_memory_mb, "max_memory_mb", 1)

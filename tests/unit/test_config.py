@@ -193,6 +193,8 @@ INVALID_CASES: list[tuple[dict[str, Any], str, str]] = [
     ({"queues": {"q" * 256: {}}}, "queues." + "q" * 256, "invalid queue name"),
     ({"queues": {"default": {"workers": 2}}}, "queues.default.workers", "unknown key"),
     ({"queues": {"critical": {"concurrency": 0}}}, "queues.critical.concurrency", "must be >= 1"),
+    ({"queues": {"critical": {"concurrency": 10**17}}}, "queues.critical.concurrency",
+     "must be <= 1024"),
     (
         {"queues": {"critical": {"concurrency": "2"}}},
         "queues.critical.concurrency",

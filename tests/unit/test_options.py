@@ -262,6 +262,7 @@ def test_handler_options_are_validated(kwargs: dict[str, object], error: type) -
     (lambda q: jobs.Threshold("half"), jobs.InvalidOptionTypeError, "Threshold"),
     (lambda q: jobs.Every(-5), jobs.InvalidOptionError, "interval"),
     (lambda q: q.worker({"default": 0}), jobs.InvalidOptionError, "concurrency"),
+    (lambda q: q.worker({"default": 1025}), jobs.InvalidOptionError, "from 1 to 1024"),
     (lambda q: q.result("x", timeout="1"), jobs.InvalidOptionTypeError, "timeout"),
     (lambda q: q.result("x", timeout=-1), jobs.InvalidOptionError, "timeout"),
     # out of what the database and a datetime hold (used to be driver or Python errors)
