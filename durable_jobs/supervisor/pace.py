@@ -15,9 +15,11 @@ actor of the queue may have nothing to do (the "prefetch trap" of Celery's defau
 * leases queued behind a job that has run ``QUEUE_UNDER`` (``stuck``) are taken back once an
   actor of the queue has nothing to do (``Control.rebalance``), to run there.
 
-A queue whose jobs have not been timed yet (a fresh supervisor) claims ahead but queues
-nothing in a busy actor. The time is the actor's own (from the start of the attempt to its
-outcome), so a slow flush in the supervisor does not make quick jobs look slow.
+A queue whose jobs have not been timed yet (a fresh supervisor) claims only for its free
+actors and queues nothing in a busy actor: its jobs may be long, and what it held would wait
+a whole job while other hosts may be idle; the first job to end tells. The time is the
+actor's own (from the start of the attempt to its outcome), so a slow flush in the
+supervisor does not make quick jobs look slow.
 Alternatives considered: a moving average of durations reacts late both ways (one long job
 in a quick queue, quick jobs after a long one); the last job alone reacts at once, and the
 per-actor check covers a long job while it is still running.
@@ -36,7 +38,9 @@ MAX_DEPTH = 1024  # leases one actor may hold at once
 # the actor is free costs a hop through the supervisor (0.1-1 ms here, more while it waits
 # on a flush): a few percent of a 20 ms job, under 1% from 100 ms on.
 QUEUE_UNDER = 0.1
-CLAIM_AHEAD_UNDER = 1.0  # s: claim ahead only for jobs shorter than this
+# s: claim ahead only for jobs shorter than this. A round trip of a few ms is 1% of such a job
+# at most, while each job claimed ahead is kept from other hosts for a whole job's time.
+CLAIM_AHEAD_UNDER = 0.25
 
 
 class Pace:
@@ -53,7 +57,7 @@ class Pace:
     def ahead(self, queue: str) -> int:
         """How many jobs ``queue`` may claim beyond its free actors."""
         last = self.last.get(queue)
-        return self.prefetch if last is None or last < CLAIM_AHEAD_UNDER else 0
+        return self.prefetch if last is not None and last < CLAIM_AHEAD_UNDER else 0
 
     def stuck(self, actor: Actor, now: float) -> bool:
         """Whether leases queued in ``actor`` wait behind a job that has run ``QUEUE_UNDER``

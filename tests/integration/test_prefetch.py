@@ -256,10 +256,36 @@ def test_leases_queued_behind_a_job_that_runs_long_move_to_a_free_actor(
 
 
 @pytest.mark.timeout(60)
+def test_a_fresh_worker_claims_only_for_free_actors_until_a_job_ends(
+        queue: jobs.Queue, tmp_path: Path) -> None:
+    """A supervisor that has timed none of a queue's jobs cannot tell a backlog of long jobs
+    from quick ones: it claims no more than it has free actors, so a fleet restarting onto
+    long jobs does not leave each host holding jobs it cannot start while others idle."""
+    queue.register("gated", gated)
+    queue.register("nap", nap)
+    gate = tmp_path / "gate"
+    log = tmp_path / "naps"
+    slow, *rest = queue.enqueue_many(
+        [jobs.Sub("gated", {"gate": str(gate)}, priority=9)]
+        + [jobs.Sub("nap", {"path": str(log), "tag": i, "seconds": 0}) for i in range(2)])
+    with queue.worker({"default": 1}, poll_interval=0.1) as worker:
+        wait_until(lambda: status(queue, slow) == "running", timeout=10,
+                   message="the gated job to start")
+        sup = worker.supervisor
+        polled = sup.next_poll
+        wait_until(lambda: sup.next_poll > polled + 0.15, timeout=10, message="two polls")
+        assert [status(queue, job_id) for job_id in rest] == ["pending", "pending"]
+        gate.touch()
+        for job_id in rest:
+            queue.result(job_id, timeout=15)
+    assert lines(log) == ["0", "1"]
+
+
+@pytest.mark.timeout(60)
 def test_a_queue_of_long_jobs_claims_only_for_free_actors(queue: jobs.Queue,
                                                           tmp_path: Path) -> None:
-    """Claiming ahead pays only for short jobs: once a job took a second or more
-    (pace.CLAIM_AHEAD_UNDER), the queue claims no more jobs than it has free actors, so the
+    """Claiming ahead pays only for short jobs: once a job took a quarter of a second or
+    more (pace.CLAIM_AHEAD_UNDER), the queue claims no more jobs than it has free actors, so the
     others stay pending, free for any other supervisor."""
     queue.register("gated", gated)
     queue.register("nap", nap)

@@ -28,14 +28,17 @@ def actor(queue: str = "q", running_since: float | None = None) -> Actor:
 
 def test_the_default_claims_two_ahead() -> None:
     assert DEFAULT_PREFETCH == 2
-    assert Pace(["q"], DEFAULT_PREFETCH).ahead("q") == 2
+    pace = Pace(["q"], DEFAULT_PREFETCH)
+    pace.observe("q", 0.001)
+    assert pace.ahead("q") == 2
 
 
 @pytest.mark.parametrize(("prefetch", "last", "ahead"), [
-    (2, None, 2),                          # not timed yet: the full prefetch
+    (2, None, 0),                          # not timed yet: only for free actors
     (2, 0.001, 2),
     (2, CLAIM_AHEAD_UNDER * 0.99, 2),
     (2, CLAIM_AHEAD_UNDER, 0),             # long jobs: claim only for free actors
+    (2, 0.5, 0),                           # a job claimed ahead would wait 0.5 s here
     (2, 60.0, 0),
     (0, None, 0),                          # prefetch 0: never ahead
     (0, 0.001, 0),
