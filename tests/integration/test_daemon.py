@@ -233,9 +233,11 @@ def test_prefetched_jobs_of_a_killed_supervisor_run_once_without_using_an_attemp
     config = write_config(tmp_path / "jobs.toml", db_url, supervisor={**FAST, "prefetch": 2},
                           queues={"default": {"concurrency": 1}})
     runs = tmp_path / "runs.log"
+    first = Daemon(processes, config, "first")
+    # A quick job first: a supervisor claims ahead only once it has timed the queue's jobs.
+    queue.result(queue.enqueue("record", {"path": str(tmp_path / "warm.log")}), timeout=20)
     long = queue.enqueue("record", {"path": str(runs), "seconds": 60}, priority=10, retries=0)
     ahead = [queue.enqueue("record", {"path": str(runs)}, retries=0) for _ in range(2)]
-    first = Daemon(processes, config, "first")
 
     def recorded_as_not_begun() -> bool:
         with store.read() as conn:
