@@ -35,7 +35,6 @@ from durable_jobs.engine.errors import (
     NoRetry,
     message_of,
 )
-from durable_jobs.engine.events import custom_data
 from durable_jobs.engine.fanout import (
     CollectAll,
     FailFast,
@@ -49,6 +48,7 @@ from durable_jobs.engine.options import (
     MAX_PAYLOAD,
     HandlerOptions,
     check_name,
+    custom_data,
     encode_json,
     to_seconds,
 )

@@ -7,7 +7,6 @@ the events that happen after it was created.
 
 from __future__ import annotations
 
-import json
 import queue as queue_mod
 import threading
 from collections.abc import Iterator
@@ -17,7 +16,6 @@ from typing import Any
 
 from durable_jobs.engine.errors import JobError
 from durable_jobs.engine.job import PauseMode
-from durable_jobs.engine.options import check_name, encode_json
 
 
 def _now() -> datetime:
@@ -84,15 +82,6 @@ class CheckpointSaved(JobEvent):
     step: str = ""
 
 
-def custom_data(kind: object, data: Any) -> Any:
-    """A custom event's data as subscribers get it: plain JSON, as a job's result is read
-    back (a dataclass becomes a dict). ``kind`` follows the job-name rule
-    (InvalidNameError); data that is not JSON raises TypeError naming its type, over 1 MiB
-    PayloadTooLargeError. Checked where the event is emitted, so the emitter hears of it."""
-    check_name(kind, "event kind")
-    return json.loads(encode_json(data, "event data"))
-
-
 @dataclass(frozen=True)
 class CustomEvent:
     job_id: str
@@ -132,9 +121,10 @@ _CLOSED = object()
 class Subscription:
     """An iterable of events; ``queue.unsubscribe(sub)`` ends the iteration."""
 
-    def __init__(self) -> None:
+    def __init__(self, bus: Any = None) -> None:
         self._items: queue_mod.SimpleQueue[Any] = queue_mod.SimpleQueue()
         self.closed = False
+        self.bus = bus  # the EventBus that feeds it
 
     def put(self, event: Any) -> None:
         self._items.put(event)
@@ -170,7 +160,7 @@ class EventBus:
         self._held: dict[str, list[Any]] = {}
 
     def subscribe(self) -> Subscription:
-        sub = Subscription()
+        sub = Subscription(self)
         with self._lock:
             self._subs.append(sub)
         return sub

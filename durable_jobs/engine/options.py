@@ -119,6 +119,15 @@ def encode_json(value: Any, what: str = "args") -> str:
     return text
 
 
+def custom_data(kind: object, data: Any) -> Any:
+    """A custom event's data as subscribers get it: plain JSON, as a job's result is read
+    back (a dataclass becomes a dict). ``kind`` follows the job-name rule
+    (InvalidNameError); data that is not JSON raises TypeError naming its type, over 1 MiB
+    PayloadTooLargeError. Checked where the event is emitted, so the emitter hears of it."""
+    check_name(kind, "event kind")
+    return json.loads(encode_json(data, "event data"))
+
+
 def encode_each(values: Iterable[Any]) -> list[str] | None:
     """``encode_json`` of each value, with the loop in C (``map``); None if one of them is
     refused or may be over the size limit: ``encode_json`` then names the problem.

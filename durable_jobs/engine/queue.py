@@ -34,6 +34,7 @@ from durable_jobs.engine.options import (
     HandlerOptions,
     check_name,
     check_when,
+    custom_data,
     decode_json,
     to_epoch,
     to_seconds,
@@ -207,13 +208,16 @@ class Queue:
         if not isinstance(subscription, ev.Subscription):
             raise InvalidOptionTypeError("unsubscribe takes what queue.events() returned, got "
                                          f"{type(subscription).__name__}")
+        if subscription.bus is not self.bus:  # closed here, it would still be fed there
+            raise InvalidOptionError("this subscription is another Queue's: unsubscribe it "
+                                     "with the Queue whose events() made it")
         self.bus.unsubscribe(subscription)
 
     @_explained
     def emit_custom_event(self, job_id: str, kind: str, data: Any = None) -> None:
         """Publish a custom event about a job (JobNotFoundError for an unknown id); ``kind``
         and ``data`` are checked as ``jobs.emit_event`` checks them."""
-        data = ev.custom_data(kind, data)
+        data = custom_data(kind, data)
         self.get(job_id)
         self.bus.publish(ev.CustomEvent(job_id, kind, data))
 

@@ -37,22 +37,25 @@ _AUTHORIZATION = re.compile(
 # credentials are masked after an Authorization key only: "basic" is a common word.)
 _BEARER = re.compile(
     r"(?i)(?P<scheme>\bbearer\s{1,8})(?=[A-Za-z]*[0-9._~+/=-])[A-Za-z0-9._~+/=-]{8,}")
-# A Cookie or Set-Cookie header: all its cookies, to the end of the line or the closing quote
-# ("Cookie: session=abc; theme=dark": which of them is the secret cannot be told).
+# A Cookie or Set-Cookie header ("name: value", not "cookie = ..." in code): all its cookies
+# ("Cookie: session=abc; theme=dark": which of them is the secret cannot be told), to the end
+# of the line, or, as a quoted value (a dict's repr, bytes, a list), to its closing quote.
 _COOKIE = re.compile(
-    r"(?i)(?P<key>\b(?:set-)?cookies?['\"]?\s*[:=]\s*)"
-    r"(?:'(?P<single>[^'\r\n]+)'|\"(?P<double>[^\"\r\n]+)\"|(?P<open>['\"]?)[^'\"\r\n]+)")
-# A PEM private key ("-----BEGIN RSA PRIVATE KEY-----"): its body to the END line, or to the
-# end of the text when that was cut off. Read by hand, like URLs: no stretch read twice.
-_PEM_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY-----")
+    r"(?i)(?P<key>\b(?:set-)?cookie['\"]?[ \t]*:[ \t]*)"
+    r"(?:(?P<pre>\[?b?)(?:'(?P<single>[^'\r\n]+)'|\"(?P<double>[^\"\r\n]+)\")|[^\r\n]+)")
+# A PEM private key ("-----BEGIN RSA PRIVATE KEY-----", "... PGP PRIVATE KEY BLOCK-----"): its
+# body to the END line; when that was cut off, the run of base64 lines that follows (a
+# mention of the BEGIN line, in a traceback's source, masks nothing). Read by hand, like URLs.
+_PEM_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
 _PEM_END = "-----END"
+_PEM_BODY = re.compile(r"(?:[A-Za-z0-9+/=\r\n]|\\[nr])+")  # newlines, or their escapes
 MASK = "***"
 # What an error keeps of a message or a traceback: its first and last characters. A message
 # of megabytes (a payload dumped into an exception) would otherwise be stored, sent and
 # redacted whole at every attempt.
 KEEP_HEAD = 48 * 1024
 KEEP_TAIL = 16 * 1024
-_MARGIN = 8 * 1024  # redacted beyond the cut, so that a secret across it is masked whole
+_MARGIN = 8 * 1024  # redacted beyond a cut, so that a secret across it is masked whole
 
 
 def _mask_url_passwords(text: str) -> str:
@@ -83,17 +86,33 @@ def _mask_url_passwords(text: str) -> str:
 
 def _mask_private_keys(text: str) -> str:
     """``-----BEGIN PRIVATE KEY-----***-----END PRIVATE KEY-----``."""
-    if "PRIVATE KEY-----" not in text:
+    if "PRIVATE KEY" not in text:
         return text
     pieces: list[str] = []
     done = 0
+    ends = True  # whether an END line may still follow (each stretch is searched once)
     for match in _PEM_BEGIN.finditer(text):
         if match.start() < done:
             continue  # inside a key masked already
-        end = text.find(_PEM_END, match.end())
+        end = text.find(_PEM_END, match.end()) if ends else -1
+        if end < 0:
+            ends = False
+            body = _PEM_BODY.match(text, match.end())
+            if body is None:
+                continue
+            end = body.end()
         pieces += [text[done:match.end()], MASK]
-        done = end if end >= 0 else len(text)
+        done = end
     return "".join(pieces) + text[done:] if pieces else text
+
+
+def _masked_cookie(match: re.Match[str]) -> str:
+    key, pre = match.group("key"), match.group("pre") or ""
+    if match.group("single") is not None:
+        return f"{key}{pre}'{MASK}'"
+    if match.group("double") is not None:
+        return f'{key}{pre}"{MASK}"'
+    return f"{key}{MASK}"
 
 
 def _masked_header(match: re.Match[str]) -> str:
@@ -119,7 +138,7 @@ def redact(text: str) -> str:
     Set-Cookie header, the body of a PEM private key and bearer tokens."""
     text = _mask_private_keys(_mask_url_passwords(text))
     text = _AUTHORIZATION.sub(_masked_header, text)
-    text = _COOKIE.sub(_masked_value, text)
+    text = _COOKIE.sub(_masked_cookie, text)
     text = _KEY_VALUE.sub(_masked_value, text)
     return _BEARER.sub(lambda m: f"{m.group('scheme')}{MASK}", text)
 
@@ -130,10 +149,26 @@ def redact_for_storage(text: str) -> str:
     if len(text) <= KEEP_HEAD + KEEP_TAIL:
         return redact(text)
     cut = len(text) - KEEP_HEAD - KEEP_TAIL
-    # Each part is redacted with a margin beyond its cut, where a secret may be split, and
-    # the margin is dropped: measured on the redacted text, which masks made shorter.
-    head = redact(text[:KEEP_HEAD + _MARGIN])
-    head = head[:min(KEEP_HEAD, len(head) - _MARGIN)]
-    tail = redact(text[-(KEEP_TAIL + _MARGIN):])
-    tail = tail[max(len(tail) - KEEP_TAIL, _MARGIN):]
+    # A secret may be split by a cut. Each part is redacted twice, alone and with a margin
+    # of the text beyond its cut, and what the two agree on is kept: up to where the part's
+    # edge made a difference (a URL whose "@" is beyond the cut, say), however much the
+    # masks shortened either.
+    alone = redact(text[:KEEP_HEAD])
+    wider = redact(text[:KEEP_HEAD + _MARGIN])
+    head = wider[:_agreed(alone, wider)]
+    alone = redact(text[-KEEP_TAIL:])[::-1]
+    wider = redact(text[-(KEEP_TAIL + _MARGIN):])[::-1]
+    tail = wider[:_agreed(alone, wider)][::-1]
     return f"{head}\n[... {cut:,} characters cut ...]\n{tail}"
+
+
+def _agreed(a: str, b: str) -> int:
+    """The length of the longest common prefix of ``a`` and ``b`` (halving: C compares)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[low:middle] == b[low:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low

@@ -11,7 +11,7 @@ actor of the queue may have nothing to do (the "prefetch trap" of Celery's defau
   ``QUEUE_UNDER`` and the actor's current job has not run that long yet; otherwise claimed
   jobs wait in the supervisor and go to the first actor that is free;
 * jobs are claimed ahead only while the queue's last job took under ``CLAIM_AHEAD_UNDER``
-  (for longer jobs the round trip is a fraction of a percent);
+  (for longer jobs the round trip is 1% of a job or less);
 * leases queued behind a job that has run ``QUEUE_UNDER`` (``stuck``) are taken back once an
   actor of the queue has nothing to do (``Control.rebalance``), to run there.
 

@@ -292,7 +292,7 @@ def test_a_queue_of_long_jobs_claims_only_for_free_actors(queue: jobs.Queue,
     gate = tmp_path / "gate"
     log = tmp_path / "naps"
     with queue.worker({"default": 1}, prefetch=4, poll_interval=0.1) as worker:
-        queue.result(queue.enqueue("nap", {"path": str(log), "tag": "long", "seconds": 1.05}),
+        queue.result(queue.enqueue("nap", {"path": str(log), "tag": "long", "seconds": 0.3}),
                      timeout=15)
         slow, *rest = queue.enqueue_many(
             [jobs.Sub("gated", {"gate": str(gate)}, priority=9)]

@@ -1067,3 +1067,6 @@ def test_custom_events_hooks_and_subscriptions_refuse_bad_input_at_once(
     assert not any(queue.hooks.values())
     with pytest.raises(TypeError, match="queue.events"):
         queue.unsubscribe("x")  # type: ignore[arg-type]
+    other = jobs.Queue(queue.store)
+    with pytest.raises(jobs.InvalidOptionError, match="another Queue's"):
+        queue.unsubscribe(other.events())
