@@ -255,6 +255,30 @@ def test_leases_queued_behind_a_job_that_runs_long_move_to_a_free_actor(
     assert sorted(lines(log)) == [str(i) for i in range(6)]  # each ran once
 
 
+def _gated_then_two(queue: jobs.Queue, tmp_path: Path) -> tuple[str, list[str]]:
+    """Enqueue a gated job (first by priority) and two quick naps logging "0" and "1"."""
+    slow, *rest = queue.enqueue_many(
+        [jobs.Sub("gated", {"gate": str(tmp_path / "gate")}, priority=9)]
+        + [jobs.Sub("nap", {"path": str(tmp_path / "naps"), "tag": i, "seconds": 0})
+           for i in range(2)])
+    return slow, rest
+
+
+def _the_two_wait_unclaimed(queue: jobs.Queue, worker: Any, slow: str, rest: list[str],
+                            tmp_path: Path) -> None:
+    """While the gated job runs, two polls later (and the enqueue's wake-ups), the other two
+    are still pending, not claimed ahead; then open the gate and let all run."""
+    wait_until(lambda: status(queue, slow) == "running", timeout=10,
+               message="the gated job to start")
+    sup = worker.supervisor
+    polled = sup.next_poll
+    wait_until(lambda: sup.next_poll > polled + 0.15, timeout=10, message="two polls")
+    assert [status(queue, job_id) for job_id in rest] == ["pending", "pending"]
+    (tmp_path / "gate").touch()
+    for job_id in rest:
+        queue.result(job_id, timeout=15)
+
+
 @pytest.mark.timeout(60)
 def test_a_fresh_worker_claims_only_for_free_actors_until_a_job_ends(
         queue: jobs.Queue, tmp_path: Path) -> None:
@@ -263,48 +287,24 @@ def test_a_fresh_worker_claims_only_for_free_actors_until_a_job_ends(
     long jobs does not leave each host holding jobs it cannot start while others idle."""
     queue.register("gated", gated)
     queue.register("nap", nap)
-    gate = tmp_path / "gate"
-    log = tmp_path / "naps"
-    slow, *rest = queue.enqueue_many(
-        [jobs.Sub("gated", {"gate": str(gate)}, priority=9)]
-        + [jobs.Sub("nap", {"path": str(log), "tag": i, "seconds": 0}) for i in range(2)])
+    slow, rest = _gated_then_two(queue, tmp_path)
     with queue.worker({"default": 1}, poll_interval=0.1) as worker:
-        wait_until(lambda: status(queue, slow) == "running", timeout=10,
-                   message="the gated job to start")
-        sup = worker.supervisor
-        polled = sup.next_poll
-        wait_until(lambda: sup.next_poll > polled + 0.15, timeout=10, message="two polls")
-        assert [status(queue, job_id) for job_id in rest] == ["pending", "pending"]
-        gate.touch()
-        for job_id in rest:
-            queue.result(job_id, timeout=15)
-    assert lines(log) == ["0", "1"]
+        _the_two_wait_unclaimed(queue, worker, slow, rest, tmp_path)
+    assert lines(tmp_path / "naps") == ["0", "1"]
 
 
 @pytest.mark.timeout(60)
 def test_a_queue_of_long_jobs_claims_only_for_free_actors(queue: jobs.Queue,
                                                           tmp_path: Path) -> None:
     """Claiming ahead pays only for short jobs: once a job took a quarter of a second or
-    more (pace.CLAIM_AHEAD_UNDER), the queue claims no more jobs than it has free actors, so the
-    others stay pending, free for any other supervisor."""
+    more (pace.CLAIM_AHEAD_UNDER), the queue claims no more jobs than it has free actors,
+    so the others stay pending, free for any other supervisor."""
     queue.register("gated", gated)
     queue.register("nap", nap)
-    gate = tmp_path / "gate"
     log = tmp_path / "naps"
     with queue.worker({"default": 1}, prefetch=4, poll_interval=0.1) as worker:
         queue.result(queue.enqueue("nap", {"path": str(log), "tag": "long", "seconds": 0.3}),
                      timeout=15)
-        slow, *rest = queue.enqueue_many(
-            [jobs.Sub("gated", {"gate": str(gate)}, priority=9)]
-            + [jobs.Sub("nap", {"path": str(log), "tag": i, "seconds": 0}) for i in range(2)])
-        wait_until(lambda: status(queue, slow) == "running", timeout=10,
-                   message="the gated job to start")
-        # Two polls later (and the wake-ups of the enqueue), the others are still not claimed.
-        sup = worker.supervisor
-        polled = sup.next_poll
-        wait_until(lambda: sup.next_poll > polled + 0.15, timeout=10, message="two polls")
-        assert [status(queue, job_id) for job_id in rest] == ["pending", "pending"]
-        gate.touch()
-        for job_id in rest:
-            queue.result(job_id, timeout=15)
+        slow, rest = _gated_then_two(queue, tmp_path)
+        _the_two_wait_unclaimed(queue, worker, slow, rest, tmp_path)
     assert lines(log) == ["long", "0", "1"]
