@@ -640,13 +640,13 @@ def hot_writes(store: jobs.Store, driver: Any, steps: list[Any], position: int,
                             {"default": 1}, ["a"], 30.0, time.time())
 
 
-def prepared_plans(driver: Any) -> dict[str, int]:
-    """Kind of statement -> generic plans made for it, of what ``driver`` has prepared."""
+def prepared_plans(driver: Any) -> dict[str, tuple[str, int]]:
+    """What ``driver`` has prepared: name -> (kind of statement, generic plans made for it)."""
     with driver.cursor() as cursor:
         prepared = list(cursor.execute(
-            "SELECT statement, generic_plans FROM pg_prepared_statements"))
-    return {"flush" if "claimed_0" in text else "batch" if "unnest" in text else "lone": plans
-            for text, plans in prepared}
+            "SELECT name, statement, generic_plans FROM pg_prepared_statements"))
+    return {name: ("flush" if "claimed_0" in text else "batch" if "unnest" in text else "lone",
+                   plans) for name, text, plans in prepared}
 
 
 def test_small_hot_writes_run_on_a_plan_made_once_large_ones_are_planned_each_time(
@@ -660,16 +660,19 @@ def test_small_hot_writes_run_on_a_plan_made_once_large_ones_are_planned_each_ti
     with store.driver_write() as driver:
         for i in range(3):
             hot_writes(store, driver, taken[:2], i, taken[10 + 2 * i:12 + 2 * i])
-        assert set(prepared_plans(driver)) == {"batch", "flush", "lone"}
-        assert all(plans >= 1 for plans in prepared_plans(driver).values())
         before = prepared_plans(driver)
+        assert sorted(kind for kind, _plans in before.values()) == ["batch", "flush", "lone"]
+        assert all(plans >= 1 for _kind, plans in before.values())
+        small = [name for name, (kind, _plans) in before.items() if kind != "lone"]
         for i in range(2):  # 20 rows: more than GENERIC_UP_TO
             hot_writes(store, driver, taken[20:40], i, taken[40 + 20 * i:60 + 20 * i])
         after = prepared_plans(driver)
-        assert (after["batch"], after["flush"]) == (before["batch"], before["flush"])
+        assert [after[name] for name in small] == [before[name] for name in small]
+        large = [plans for name, (_kind, plans) in after.items() if name not in before]
+        assert large and all(plans == 0 for plans in large)
         hot_writes(store, driver, taken[:2], 3, taken[90:92])  # small again: the plans
         again = prepared_plans(driver)
-        assert again["batch"] > before["batch"] and again["flush"] > before["flush"]
+        assert all(again[name][1] > before[name][1] for name in small)
 
 
 def test_a_plan_made_on_a_small_table_reads_jobs_by_index_once_it_has_grown(
