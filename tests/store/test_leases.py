@@ -717,3 +717,41 @@ def test_pooled_connections_prepare_nothing(pg_store: jobs.Store) -> None:
         assert conn.exec_driver_sql("SELECT count(*) FROM pg_prepared_statements").scalar() == 0
     job_id = queue.enqueue("a")  # the enqueue's INSERT is prepared: its plan fits any size
     assert queue.get(job_id).status is jobs.Status.PENDING
+
+
+def test_a_lone_checkpoint_through_libpq_saves_refuses_and_raises_as_psycopg_would(
+        pg_store: jobs.Store) -> None:
+    """A lone step on a kept connection goes through libpq itself (PQexecPrepared): it is
+    saved under its lease with its NULLs and numbers as given, refused under another token,
+    and a failure raises psycopg's own error (after which the connection is not kept)."""
+    import psycopg
+
+    from durable_jobs.store.schema import steps as steps_table
+
+    store, queue = pg_store, jobs.Queue(pg_store)
+    queue.enqueue_many([jobs.Sub("a")])
+    [taken] = claim(store, ["a"], limit=1)
+    now = 1_700_000_000.125
+
+    def save(row: tuple[Any, ...]) -> list[bool]:
+        with store.driver_write() as driver:
+            return leases.save_checkpoints(driver, store.dialect, "w1", [row], now)
+
+    assert save(step(taken.id, 0, taken.lease_token)) == [True]
+    assert save(step(taken.id, 1, "not-the-token")) == [False]
+    assert save(step(taken.id, 1, None, status="failed", result=None, error='{"e": 1}')) == [True]
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        save(step(taken.id, 0, taken.lease_token))  # position 0 is stored already
+    assert save(step(taken.id, 2, taken.lease_token)) == [True]  # on a fresh connection
+    with store.driver_write() as driver, driver.cursor() as cursor:
+        names = [name for (name,) in cursor.execute("SELECT name FROM pg_prepared_statements")]
+    assert names == ["durable_save_step"]  # libpq's, not one through psycopg's cursor
+    with store.read() as conn:
+        stored = conn.execute(select(
+            steps_table.c.position, steps_table.c.name, steps_table.c.status,
+            steps_table.c.result, steps_table.c.error, steps_table.c.span,
+            steps_table.c.created_at).order_by(steps_table.c.position)).all()
+    assert [tuple(r) for r in stored] == [
+        (0, "s0", "completed", "1", None, 1, now), (1, "s1", "failed", None, '{"e": 1}', 1, now),
+        (2, "s2", "completed", "1", None, 1, now)]
+    assert row(store, taken.id).checkpoints == 3
