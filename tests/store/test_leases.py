@@ -755,3 +755,32 @@ def test_a_lone_checkpoint_through_libpq_saves_refuses_and_raises_as_psycopg_wou
         (0, "s0", "completed", "1", None, 1, now), (1, "s1", "failed", None, '{"e": 1}', 1, now),
         (2, "s2", "completed", "1", None, 1, now)]
     assert row(store, taken.id).checkpoints == 3
+
+
+def test_a_lone_checkpoint_on_a_connection_the_server_cut_raises_operational_error(
+        pg_store: jobs.Store) -> None:
+    """A server restart cuts the kept connection: the step through libpq raises what
+    psycopg's cursor raises for a lost connection (an OperationalError, not the bare
+    DatabaseError of a result without SQLSTATE), and the next one goes through on a new
+    connection."""
+    import psycopg
+    from sqlalchemy import text
+
+    store, queue = pg_store, jobs.Queue(pg_store)
+    queue.enqueue_many([jobs.Sub("a")])
+    [taken] = claim(store, ["a"], limit=1)
+
+    def save(position: int) -> list[bool]:
+        with store.driver_write() as driver:
+            return leases.save_checkpoints(
+                driver, store.dialect, "w1", [step(taken.id, position, taken.lease_token)],
+                time.time())
+
+    assert save(0) == [True]
+    with store.engine.connect() as admin:
+        admin.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    store.engine.dispose()
+    with pytest.raises(psycopg.OperationalError):
+        save(1)
+    assert save(1) == [True]

@@ -149,10 +149,16 @@ def _pq_text(value: str | None) -> bytes | None:
 
 
 def _pq_checked(driver: Any, result: Any, expected: Any) -> Any:
-    """``result``, or the error psycopg's own execute would have raised for it."""
+    """``result``, or the error psycopg's own execute would have raised for it: the server's
+    error by its SQLSTATE; a lost connection (no SQLSTATE) as an OperationalError."""
     if result.status != expected:
-        from psycopg import errors
+        import psycopg
+        from psycopg import errors, pq
 
+        if result.error_field(pq.DiagnosticField.SQLSTATE) is None:
+            message = (result.error_message or b"the connection is lost").decode(
+                errors="replace").strip()
+            raise psycopg.OperationalError(message)
         raise errors.error_from_result(result, encoding=driver.info.encoding)
     return result
 
