@@ -122,8 +122,15 @@ def is_transient(error: BaseException) -> bool:
         return True
     if isinstance(error, exc.OperationalError | exc.InterfaceError):
         return True
-    code = getattr(getattr(error, "orig", None), "sqlstate", None)
+    if any(cls.__name__ in _DRIVER_TRANSIENT and cls.__module__.split(".")[0] in _DRIVER_MODULES
+           for cls in type(error).__mro__):
+        return True  # the driver's own: the kept connections' writes skip SQLAlchemy
+    code = getattr(getattr(error, "orig", error), "sqlstate", None)
     return code in ("40001", "40P01")
+
+
+_DRIVER_MODULES = ("psycopg", "sqlite3")
+_DRIVER_TRANSIENT = ("OperationalError", "InterfaceError")  # PEP 249's names
 
 
 def _private_sqlite_file(owner: object) -> str:

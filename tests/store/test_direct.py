@@ -200,3 +200,20 @@ def test_a_retried_enqueue_whose_first_try_committed_is_written_once(
     assert len(calls) == 2 and queue.get(job_id).name == "a"
     with store.read() as conn:
         assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 1
+
+
+def test_the_drivers_own_lost_connection_and_deadlock_are_transient() -> None:
+    """The kept connections' writes raise the driver's errors, not SQLAlchemy's: a lost
+    connection or a deadlock there is as transient (one log line, the flush retried) as
+    through SQLAlchemy; a constraint violation or a missing table is not."""
+    import sqlite3
+
+    from durable_jobs.store.store import is_transient
+
+    assert is_transient(psycopg.OperationalError("server closed the connection"))
+    assert is_transient(psycopg.errors.DeadlockDetected("deadlock detected"))
+    assert is_transient(psycopg.errors.AdminShutdown("terminating connection"))
+    assert is_transient(sqlite3.OperationalError("disk I/O error"))
+    assert not is_transient(sqlite3.OperationalError("no such table: jobs"))
+    assert not is_transient(psycopg.errors.UniqueViolation("duplicate key"))
+    assert not is_transient(ValueError("x"))
