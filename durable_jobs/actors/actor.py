@@ -23,6 +23,7 @@ import collections
 import ctypes
 import gc
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -32,7 +33,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import cloudpickle
 import zmq
 
 from durable_jobs import protocol as p
@@ -263,7 +263,9 @@ def boot(channel: Channel) -> tuple[Registry, p.Init]:
         if entry not in sys.path:
             sys.path.insert(0, entry)
     try:
-        registry = cloudpickle.loads(init.registry)
+        # cloudpickle's own loads is pickle's: handlers sent by reference (an app's module)
+        # load without importing cloudpickle, and those sent by value import it themselves.
+        registry = pickle.loads(init.registry)
     except BaseException:  # noqa: BLE001 - report any import failure, then exit
         channel.send(p.BootFailed(traceback.format_exc()))
         time.sleep(0.05)  # let the message leave before exit (LINGER also covers it)
